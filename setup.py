@@ -1,0 +1,46 @@
+"""bert_jax: BERT in JAX/Flax, with pretraining, fine-tuning and checkpoint conversion."""
+
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "jax>=0.10.2,<0.11",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "ml_collections>=1.1.0,<2",
+    "tensorflow-cpu>=2.21.0,<2.22",
+    "tensorflow-datasets>=4.9.10,<4.10",
+    # tensorflow-datasets needs these at build/test time but does not declare them.
+    "importlib_resources>=6",
+    "dill>=0.3.8",
+    "sentencepiece>=0.2.0,<0.3",
+    "tokenizers>=0.23,<0.24",
+    "safetensors>=0.4",
+    "numpy>=1.26",
+    "rouge-score>=0.1.2",
+    "matplotlib>=3.8",
+]
+
+TEST_REQUIRES = [
+    "pytest>=8",
+    # Reference implementations for parity tests. 2.13.0 is a CPU wheel; a plain
+    # `torch` range would pull a multi-GB CUDA build.
+    "torch==2.13.0",
+    "transformers>=4.57,<6",
+    "scikit-learn>=1.4",
+    "scipy>=1.11",
+    "seqeval>=1.2.2",
+]
+
+setup(
+    name="bert_jax",
+    version="0.1.0",
+    description="BERT pretraining and fine-tuning in JAX/Flax, sharded over device meshes.",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["bert_jax", "bert_jax.*", "data_pipelines", "data_pipelines.*", "experiments", "experiments.*"]),
+    include_package_data=True,
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+)

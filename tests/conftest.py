@@ -1,0 +1,31 @@
+"""Shared pytest fixtures.
+
+Real data lives outside the repo (`../shared/data` in CI); tests that need it take the
+`shared_data` fixture and skip, with the reason, when BERT_JAX_DATA is unset or missing.
+"""
+
+import os
+import pathlib
+
+import pytest
+
+# 8 host devices for the sharding tests. It has to be set before jax is first imported.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+    root = os.environ.get("BERT_JAX_DATA")
+    if not root:
+        pytest.skip("BERT_JAX_DATA is not set; it points at the real data (../shared/data in CI)")
+    path = pathlib.Path(root)
+    if not path.is_dir():
+        pytest.skip(f"BERT_JAX_DATA={root} is not a directory")
+    return path.resolve()
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> pathlib.Path:
+    return REPO_ROOT
