@@ -1,0 +1,280 @@
+"""Run an ablation: every variant (x seed) pretrains, then fine-tunes, in its own sub-workdir.
+
+    python -m bert_jax.sweep experiments/ablations/nsp.py --workdir DIR [--parallel N] [--print-commands]
+
+An ablation file defines `get_sweep()` returning a dict:
+
+    {
+      "pretrain": "experiments/pretrain.py:tiny",          # --config of the pretraining stage
+      "finetune": "experiments/finetune_tsv.py:sentiment",  # optional second stage, init_from = stage 1
+      "common": {"train.num_steps": 300, ...},              # overrides for every variant (pretrain stage)
+      "finetune_common": {...},                              # overrides for every fine-tuning run
+      "variants": {"nsp_on": {...overrides...}, "nsp_off": {...}},
+      "seeds": [0, 1],                                       # optional; default [0]
+    }
+
+Each stage is `python -m bert_jax.main --config C --workdir W --config.k=v ...` in a subprocess,
+so a variant crashing never takes the sweep down, and the same command lines can be printed
+for a cluster scheduler instead. A stage whose workdir already holds `results.json` is
+skipped, so rerunning a killed sweep continues where it stopped.
+
+Outputs in --workdir: `results.md` and `results.csv` (one row per variant, mean ± std over
+seeds), `pretrain_loss.png` and `finetune_eval.png` (one line per variant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import csv
+import dataclasses
+import importlib.util
+import json
+import math
+import pathlib
+import subprocess
+import sys
+from typing import Any
+
+RESULTS_FILE = "results.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One `bert_jax.main` invocation."""
+
+    name: str  # "pretrain" or "finetune"
+    config: str
+    workdir: pathlib.Path
+    overrides: dict[str, Any]
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "bert_jax.main", f"--config={self.config}", f"--workdir={self.workdir}"]
+        cmd += [f"--config.{key}={_flag_value(value)}" for key, value in self.overrides.items()]
+        return cmd
+
+    @property
+    def done(self) -> bool:
+        return (self.workdir / RESULTS_FILE).exists()
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A variant at one seed: its stages run in order."""
+
+    variant: str
+    seed: int
+    stages: tuple[Stage, ...]
+
+
+def _flag_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "(" + ",".join(_flag_value(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    return str(value)
+
+
+def load_sweep(path: str) -> dict[str, Any]:
+    """Imports an ablation file and checks the fields of its `get_sweep()`."""
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"ablation file {path} does not exist")
+    spec = importlib.util.spec_from_file_location(f"_ablation_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_sweep"):
+        raise ValueError(f"{path}: an ablation file must define get_sweep()")
+    sweep = module.get_sweep()
+    allowed = {"pretrain", "finetune", "common", "finetune_common", "variants", "seeds"}
+    unknown = set(sweep) - allowed
+    if unknown:
+        raise ValueError(f"{path}: get_sweep() has unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+    if "pretrain" not in sweep or not sweep.get("variants"):
+        raise ValueError(f"{path}: get_sweep() needs 'pretrain' and a non-empty 'variants' dict")
+    return sweep
+
+
+def plan_runs(sweep: dict[str, Any], workdir: pathlib.Path) -> list[Run]:
+    """Expands variants x seeds into runs with one sub-workdir per stage."""
+    runs = []
+    seeds = sweep.get("seeds") or [0]
+    for variant, overrides in sweep["variants"].items():
+        for seed in seeds:
+            run_dir = workdir / variant / f"seed_{seed}"
+            pretrain = Stage(
+                "pretrain",
+                sweep["pretrain"],
+                run_dir / "pretrain",
+                {**sweep.get("common", {}), **overrides, "seed": seed},
+            )
+            stages = [pretrain]
+            if sweep.get("finetune"):
+                stages.append(
+                    Stage(
+                        "finetune",
+                        sweep["finetune"],
+                        run_dir / "finetune",
+                        {**sweep.get("finetune_common", {}), "init_from": str(pretrain.workdir), "seed": seed},
+                    )
+                )
+            runs.append(Run(variant, seed, tuple(stages)))
+    return runs
+
+
+def execute(run: Run) -> str:
+    """Runs the stages of one run in order; returns a one-line status."""
+    for stage in run.stages:
+        if stage.done:
+            continue
+        stage.workdir.mkdir(parents=True, exist_ok=True)
+        log_path = stage.workdir / "stdout.log"
+        with open(log_path, "w", encoding="utf-8") as log:
+            code = subprocess.call(stage.command(), stdout=log, stderr=subprocess.STDOUT)
+        if code != 0:
+            return f"{run.variant} seed {run.seed}: {stage.name} FAILED (exit {code}); see {log_path}"
+    return f"{run.variant} seed {run.seed}: done"
+
+
+def _read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _final_metrics(stage: Stage) -> dict[str, float]:
+    path = stage.workdir / RESULTS_FILE
+    if not path.exists():
+        return {}
+    results = json.loads(path.read_text(encoding="utf-8"))
+    metrics = results.get("final_metrics") or {}
+    return {f"{stage.name}/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def summarise(runs: list[Run]) -> tuple[list[str], list[dict[str, str]]]:
+    """One row per variant: mean ± std over seeds of every final metric."""
+    by_variant: dict[str, list[dict[str, float]]] = {}
+    for run in runs:
+        merged = {}
+        for stage in run.stages:
+            merged.update(_final_metrics(stage))
+        if merged:
+            by_variant.setdefault(run.variant, []).append(merged)
+    columns = sorted({k for rows in by_variant.values() for row in rows for k in row})
+    table = []
+    for variant, rows in by_variant.items():
+        row = {"variant": variant, "seeds": str(len(rows))}
+        for col in columns:
+            values = [r[col] for r in rows if col in r]
+            if not values:
+                row[col] = ""
+                continue
+            mean = sum(values) / len(values)
+            if len(values) > 1:
+                std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+                row[col] = f"{mean:.4f} ± {std:.4f}"
+            else:
+                row[col] = f"{mean:.4f}"
+        table.append(row)
+    return ["variant", "seeds", *columns], table
+
+
+def write_tables(workdir: pathlib.Path, header: list[str], table: list[dict[str, str]]) -> None:
+    with open(workdir / "results.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(table)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row.get(col, "") for col in header) + " |" for row in table]
+    (workdir / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _curve(stage: Stage, split: str, metric: str) -> tuple[list[int], list[float]]:
+    points = [
+        (r["step"], r[metric])
+        for r in _read_jsonl(stage.workdir / METRICS_FILE)
+        if r.get("split") == split and metric in r and r[metric] is not None
+    ]
+    return [p[0] for p in points], [float(p[1]) for p in points]
+
+
+def plot_curves(runs: list[Run], workdir: pathlib.Path, finetune_metric: str | None) -> list[pathlib.Path]:
+    """Training loss of the pretraining stage and the eval metric of fine-tuning, per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    specs = [("pretrain", "train", "loss", "pretrain_loss.png")]
+    if finetune_metric:
+        specs.append(("finetune", "eval", finetune_metric, "finetune_eval.png"))
+    for stage_name, split, metric, filename in specs:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        drawn = False
+        for run in runs:
+            for stage in run.stages:
+                if stage.name != stage_name:
+                    continue
+                steps, values = _curve(stage, split, metric)
+                if steps:
+                    ax.plot(steps, values, label=f"{run.variant} (seed {run.seed})", marker="." if len(steps) < 20 else None)
+                    drawn = True
+        if drawn:
+            ax.set_xlabel("step")
+            ax.set_ylabel(f"{split} {metric}")
+            ax.set_title(f"{stage_name}: {split} {metric}")
+            ax.legend()
+            ax.grid(alpha=0.3)
+            fig.tight_layout()
+            fig.savefig(workdir / filename, dpi=120)
+            written.append(workdir / filename)
+        plt.close(fig)
+    return written
+
+
+def _main_metric_of(runs: list[Run]) -> str | None:
+    """The fine-tuning task's main metric, as its results.json names it."""
+    for run in runs:
+        for stage in run.stages:
+            path = stage.workdir / RESULTS_FILE
+            if stage.name == "finetune" and path.exists():
+                return json.loads(path.read_text(encoding="utf-8")).get("main_metric")
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("ablation", help="path of an ablation file defining get_sweep()")
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--parallel", type=int, default=1, help="variants run at once")
+    parser.add_argument("--print-commands", action="store_true", help="print the command lines and exit")
+    args = parser.parse_args(argv)
+
+    sweep = load_sweep(args.ablation)
+    workdir = pathlib.Path(args.workdir).resolve()
+    runs = plan_runs(sweep, workdir)
+
+    if args.print_commands:
+        for run in runs:
+            for stage in run.stages:
+                print(" ".join(stage.command()))
+        return 0
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    failed = False
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+        for status in pool.map(execute, runs):
+            print(status, flush=True)
+            failed |= "FAILED" in status
+
+    header, table = summarise(runs)
+    write_tables(workdir, header, table)
+    plots = plot_curves(runs, workdir, _main_metric_of(runs))
+    print((workdir / "results.md").read_text(encoding="utf-8"))
+    print("wrote", workdir / "results.md", workdir / "results.csv", *plots)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

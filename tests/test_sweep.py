@@ -1,0 +1,92 @@
+"""The sweep runner: planning, skipping finished stages, tables and plots (no training here)."""
+
+import json
+import statistics
+
+import pytest
+
+from bert_jax import sweep as sweep_lib
+
+ABLATION = '''
+def get_sweep():
+    return {
+        "pretrain": "experiments/pretrain.py:tiny",
+        "finetune": "experiments/finetune_tsv.py",
+        "common": {"train.num_steps": 10},
+        "variants": {"nsp_on": {"task.use_nsp": True}, "nsp_off": {"task.use_nsp": False}},
+        "seeds": [0, 1],
+    }
+'''
+
+
+@pytest.fixture
+def ablation_file(tmp_path):
+    path = tmp_path / "ablation.py"
+    path.write_text(ABLATION)
+    return path
+
+
+def _fake_results(stage, metrics, curve):
+    stage.workdir.mkdir(parents=True, exist_ok=True)
+    (stage.workdir / "results.json").write_text(json.dumps({"final_metrics": metrics, "main_metric": "accuracy"}))
+    with open(stage.workdir / "metrics.jsonl", "w") as f:
+        for step, value in curve:
+            f.write(json.dumps({"step": step, "split": "train", "loss": value, "accuracy": value}) + "\n")
+            f.write(json.dumps({"step": step, "split": "eval", "accuracy": value}) + "\n")
+
+
+def test_plan_expands_variants_times_seeds_and_chains_init_from(ablation_file, tmp_path):
+    runs = sweep_lib.plan_runs(sweep_lib.load_sweep(str(ablation_file)), tmp_path / "w")
+    assert [(r.variant, r.seed) for r in runs] == [("nsp_on", 0), ("nsp_on", 1), ("nsp_off", 0), ("nsp_off", 1)]
+    pretrain, finetune = runs[2].stages
+    assert pretrain.overrides == {"train.num_steps": 10, "task.use_nsp": False, "seed": 0}
+    assert finetune.overrides["init_from"] == str(pretrain.workdir)
+    cmd = pretrain.command()
+    assert cmd[1:4] == ["-m", "bert_jax.main", "--config=experiments/pretrain.py:tiny"]
+    assert "--config.task.use_nsp=False" in cmd
+
+
+def test_print_commands_lists_every_stage(ablation_file, tmp_path, capsys):
+    assert sweep_lib.main([str(ablation_file), "--workdir", str(tmp_path / "w"), "--print-commands"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 8 and all("bert_jax.main" in line for line in lines)
+    assert not (tmp_path / "w").exists()
+
+
+def test_finished_stages_are_skipped_and_table_has_mean_and_std(ablation_file, tmp_path):
+    runs = sweep_lib.plan_runs(sweep_lib.load_sweep(str(ablation_file)), tmp_path / "w")
+    accuracies = {("nsp_on", 0): 0.70, ("nsp_on", 1): 0.74, ("nsp_off", 0): 0.60, ("nsp_off", 1): 0.66}
+    for run in runs:
+        acc = accuracies[(run.variant, run.seed)]
+        _fake_results(run.stages[0], {"loss": 5.0 - acc}, [(1, 9.0), (2, 5.0 - acc)])
+        _fake_results(run.stages[1], {"accuracy": acc}, [(1, 0.5), (2, acc)])
+    # Every stage is finished, so nothing may be launched (a launch would fail: no such config).
+    assert all(sweep_lib.execute(run).endswith("done") for run in runs)
+
+    header, table = sweep_lib.summarise(runs)
+    assert header == ["variant", "seeds", "finetune/accuracy", "pretrain/loss"]
+    row = {r["variant"]: r for r in table}["nsp_on"]
+    mean, std = statistics.mean([0.70, 0.74]), statistics.stdev([0.70, 0.74])
+    assert row["finetune/accuracy"] == f"{mean:.4f} ± {std:.4f}"
+    assert row["seeds"] == "2"
+
+    sweep_lib.write_tables(tmp_path / "w", header, table)
+    assert (tmp_path / "w" / "results.md").read_text().count("\n") == 4
+    plots = sweep_lib.plot_curves(runs, tmp_path / "w", "accuracy")
+    assert [p.name for p in plots] == ["pretrain_loss.png", "finetune_eval.png"]
+    assert all(p.stat().st_size > 1000 for p in plots)
+
+
+def test_failed_stage_is_reported_and_later_stages_not_run(tmp_path):
+    stage = sweep_lib.Stage("pretrain", "no/such/config.py", tmp_path / "p", {})
+    after = sweep_lib.Stage("finetune", "no/such/config.py", tmp_path / "f", {})
+    status = sweep_lib.execute(sweep_lib.Run("v", 0, (stage, after)))
+    assert "pretrain FAILED" in status
+    assert not after.workdir.exists()
+
+
+def test_bad_ablation_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "bad.py"
+    path.write_text("def get_sweep():\n    return {'pretrain': 'x', 'variants': {'a': {}}, 'varaints': {}}\n")
+    with pytest.raises(ValueError, match="unknown keys \\['varaints'\\]"):
+        sweep_lib.load_sweep(str(path))
