@@ -1,0 +1,140 @@
+"""BERT's optimizer: the weight-decay mask, the lr schedule, and AdamW's numerics against torch."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from bert_jax import optim
+
+
+def _bert_like_params():
+    """Parameter names as in docs/ARCHITECTURE.md (the model's real tree is checked in test_train)."""
+    z = lambda *shape: jnp.zeros(shape, jnp.float32)
+    layer = {
+        "attention": {
+            "self": {n: {"kernel": z(8, 2, 4), "bias": z(2, 4)} for n in ("query", "key", "value")},
+            "output": {"dense": {"kernel": z(2, 4, 8), "bias": z(8)},
+                       "LayerNorm": {"scale": z(8), "bias": z(8)}},
+        },
+        "intermediate": {"dense": {"kernel": z(8, 16), "bias": z(16)}},
+        "output": {"dense": {"kernel": z(16, 8), "bias": z(8)}, "LayerNorm": {"scale": z(8), "bias": z(8)}},
+    }
+    return {
+        "bert": {
+            "embeddings": {"word_embeddings": {"embedding": z(30, 8)},
+                           "position_embeddings": {"embedding": z(16, 8)},
+                           "token_type_embeddings": {"embedding": z(2, 8)},
+                           "LayerNorm": {"scale": z(8), "bias": z(8)}},
+            "encoder": {"layer_0": layer},
+            "pooler": {"dense": {"kernel": z(8, 8), "bias": z(8)}},
+        },
+        "cls": {"predictions": {"transform": {"dense": {"kernel": z(8, 8), "bias": z(8)},
+                                              "LayerNorm": {"scale": z(8), "bias": z(8)}},
+                                "output_bias": z(30)},
+                "seq_relationship": {"kernel": z(8, 2), "bias": z(2)}},
+    }
+
+
+def test_weight_decay_mask_excludes_layernorm_and_biases():
+    mask = optim.weight_decay_mask(_bert_like_params())
+    flat = {optim.param_path(path): value for path, value in jax.tree_util.tree_leaves_with_path(mask)}
+    decayed = sorted(name for name, value in flat.items() if value)
+    assert decayed == sorted([
+        "bert/embeddings/word_embeddings/embedding",
+        "bert/embeddings/position_embeddings/embedding",
+        "bert/embeddings/token_type_embeddings/embedding",
+        "bert/encoder/layer_0/attention/self/query/kernel",
+        "bert/encoder/layer_0/attention/self/key/kernel",
+        "bert/encoder/layer_0/attention/self/value/kernel",
+        "bert/encoder/layer_0/attention/output/dense/kernel",
+        "bert/encoder/layer_0/intermediate/dense/kernel",
+        "bert/encoder/layer_0/output/dense/kernel",
+        "bert/pooler/dense/kernel",
+        "cls/predictions/transform/dense/kernel",
+        "cls/seq_relationship/kernel",
+    ])
+    # Every LayerNorm parameter and every bias (incl. the MLM output bias) is excluded.
+    for name, value in flat.items():
+        if "LayerNorm" in name or name.endswith("bias"):
+            assert not value, name
+
+
+def test_schedule_warmup_end_and_final_step():
+    schedule = optim.learning_rate_schedule(peak=1e-4, warmup_steps=100, total_steps=1000)
+    assert float(schedule(0)) == 0.0
+    np.testing.assert_allclose(float(schedule(50)), 0.5e-4, rtol=1e-6)
+    np.testing.assert_allclose(float(schedule(100)), 1e-4, rtol=1e-6)  # peak at the end of warmup
+    np.testing.assert_allclose(float(schedule(550)), 0.5e-4, rtol=1e-6)  # linear decay
+    assert float(schedule(1000)) == 0.0  # zero at the final step
+    assert float(schedule(999)) == pytest.approx(1e-4 / 900, rel=1e-4)  # float32 schedule arithmetic
+
+
+def test_schedule_rejects_warmup_longer_than_training():
+    with pytest.raises(ValueError, match="warmup_steps"):
+        optim.learning_rate_schedule(1e-4, 2000, 1000)
+
+
+def test_unknown_optimizer_name_is_an_error():
+    cfg = optim.default_config()
+    cfg.name = "adam"
+    with pytest.raises(ValueError, match="config.optimizer.name"):
+        optim.make_optimizer(cfg, 100_000)
+
+
+def test_adamw_matches_torch_with_decay_masked_off_layernorm():
+    """Three steps of our AdamW (clipping off, constant lr after warmup 0) against torch.optim.AdamW
+    with two param groups: weight_decay=0.01 for the kernel and 0 for the LayerNorm scale."""
+    rng = np.random.default_rng(0)
+    kernel0, scale0 = rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=(3,)).astype(np.float32)
+    grads = [(rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=(3,)).astype(np.float32))
+             for _ in range(3)]
+    cfg = optim.default_config()
+    cfg.learning_rate, cfg.warmup_steps, cfg.clip_global_norm = 1e-2, 0, 0.0
+    # A long schedule: the lr stays within 3e-6 relative of the peak over the 3 steps.
+    tx = optim.make_optimizer(cfg, total_steps=10_000_000)
+    params = {"dense": {"kernel": jnp.asarray(kernel0)}, "LayerNorm": {"scale": jnp.asarray(scale0)}}
+    state = tx.init(params)
+    for g_kernel, g_scale in grads:
+        updates, state = tx.update({"dense": {"kernel": g_kernel}, "LayerNorm": {"scale": g_scale}}, state, params)
+        params = jax.tree.map(lambda p, u: p + u, params, updates)
+
+    kernel, scale = torch.tensor(kernel0, requires_grad=True), torch.tensor(scale0, requires_grad=True)
+    reference = torch.optim.AdamW([{"params": [kernel], "weight_decay": 0.01},
+                                   {"params": [scale], "weight_decay": 0.0}],
+                                  lr=1e-2, betas=(0.9, 0.999), eps=1e-6)
+    for g_kernel, g_scale in grads:
+        kernel.grad, scale.grad = torch.tensor(g_kernel), torch.tensor(g_scale)
+        reference.step()
+    np.testing.assert_allclose(params["dense"]["kernel"], kernel.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(params["LayerNorm"]["scale"], scale.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_global_norm_clipping_bounds_the_update():
+    cfg = optim.default_config()
+    cfg.warmup_steps = 0
+    tx = optim.make_optimizer(cfg, total_steps=100)
+    params = {"w": jnp.ones((3,))}
+    state = tx.init(params)
+    # Clipping runs first: a gradient of norm 1e6 is rescaled to norm 1 before Adam.
+    clip_state = state[0]
+    import optax
+    clipped, _ = optax.clip_by_global_norm(1.0).update({"w": jnp.full((3,), 1e6 / np.sqrt(3))}, clip_state)
+    np.testing.assert_allclose(float(optax.tree.norm(clipped)), 1.0, rtol=1e-5)
+
+
+def test_lamb_applies_the_trust_ratio_with_the_same_mask():
+    cfg = optim.default_config()
+    cfg.name, cfg.warmup_steps, cfg.clip_global_norm = "lamb", 0, 0.0
+    tx = optim.make_optimizer(cfg, total_steps=1000)
+    params = {"dense": {"kernel": jnp.full((4, 4), 2.0)}, "LayerNorm": {"bias": jnp.zeros((4,))}}
+    state = tx.init(params)
+    grads = {"dense": {"kernel": jnp.full((4, 4), 0.5)}, "LayerNorm": {"bias": jnp.full((4,), 0.5)}}
+    updates, _ = tx.update(grads, state, params)
+    # Adam's first normalised step is sign(g) = 1; weight decay adds 0.01 * w for the kernel only.
+    # The trust ratio rescales the kernel's update to ||w|| / ||update|| = 2 / (1 + 0.02): a step
+    # of lr * 2 per element. The bias has ||w|| = 0, so its trust ratio is 1: a step of lr.
+    lr = float(optim.learning_rate_schedule(1e-4, 0, 1000)(0))
+    np.testing.assert_allclose(np.asarray(updates["dense"]["kernel"]), -lr * 2.0, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(updates["LayerNorm"]["bias"]), -lr * 1.0, rtol=1e-4)
