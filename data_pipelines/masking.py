@@ -14,9 +14,12 @@ The recipe (paper defaults):
 1. Candidates are the real tokens other than [CLS], [SEP] and [PAD]. With whole-word masking a
    candidate is a whole word: a sub-token that continues a word ("##ing" in WordPiece, a piece
    without the leading "▁" in SentencePiece) joins the token before it.
-2. `num_to_predict = min(max_predictions_per_seq, max(1, round(num_real_tokens * masked_lm_prob)))`
-   where `num_real_tokens` counts [CLS] and [SEP] as Google does (`len(tokens)`). For a full
-   128-token row with two [SEP]s that is 19 predictions over 125 candidates (15.2%).
+2. `num_to_predict = min(max_predictions_per_seq, max(1, round(length * masked_lm_prob)))`.
+   By default `length` counts every real token, [CLS] and [SEP] included, as Google does
+   (`len(tokens)`): a full 128-token row with three specials gets 19 predictions over 125
+   candidates (15.2%; at 30% it is 38/125 = 30.4%). With `count_specials=False`, `length` is the
+   number of candidates, so the masked fraction of non-special tokens is `masked_lm_prob` itself
+   (what Hugging Face's collator, used by MosaicBERT at 30%, does in expectation).
    `round` is round-half-to-even, like Python 3's `round`.
 3. Candidates are visited in a uniformly random order; a word is taken if it still fits in
    `num_to_predict` and skipped otherwise (so whole-word masking may predict a few fewer).
@@ -174,6 +177,7 @@ def mask_sequence(
     mask_token_prob: float = MASK_TOKEN_PROB,
     random_token_prob: float = RANDOM_TOKEN_PROB,
     word_ids: Optional[np.ndarray] = None,
+    count_specials: bool = True,
 ) -> dict[str, np.ndarray]:
     """Masks one sequence, Google's recipe (see the module docstring).
 
@@ -186,6 +190,8 @@ def mask_sequence(
       whole_word_masking: choose whole words; the 80/10/10 decision is made once per word.
       word_ids: optional [length] ints, equal for sub-tokens of one word (-1 for none); replaces
         the vocabulary's "##" rule for whole-word masking.
+      count_specials: True = Google's count (`len(tokens)` with [CLS]/[SEP]); False = count only
+        the candidates (see the module docstring).
 
     Returns:
       dict of `input_ids` [length] int32 (masked), `masked_lm_positions` [P] int32,
@@ -204,7 +210,8 @@ def mask_sequence(
     start_of = np.maximum.accumulate(np.where(starts_mask, np.arange(len(ids)), 0))
     starts = np.flatnonzero(starts_mask)
     sizes = np.bincount(start_of[maskable], minlength=len(ids))[starts]
-    target = int(num_to_predict(real.sum(), masked_lm_prob, max_predictions_per_seq))
+    length = real.sum() if count_specials else maskable.sum()
+    target = int(num_to_predict(length, masked_lm_prob, max_predictions_per_seq))
 
     chosen_words = []
     count = 0
@@ -290,6 +297,7 @@ def mask_batch(
     mask_token_prob: float = MASK_TOKEN_PROB,
     random_token_prob: float = RANDOM_TOKEN_PROB,
     word_ids: Optional[np.ndarray] = None,
+    count_specials: bool = True,
 ) -> dict[str, np.ndarray]:
     """Masks a whole batch at once, vectorised in numpy; same recipe as `mask_sequence`.
 
@@ -332,7 +340,8 @@ def mask_batch(
     positions = np.arange(length)
     # start_of[b, l]: where the candidate that covers (b, l) begins.
     start_of = np.maximum.accumulate(np.where(starts, positions, 0), axis=1)
-    target = num_to_predict(real.sum(axis=1), masked_lm_prob, max_predictions_per_seq)  # [batch]
+    counted = (real if count_specials else maskable).sum(axis=1)
+    target = num_to_predict(counted, masked_lm_prob, max_predictions_per_seq)  # [batch]
 
     # Visit candidates (word starts) in a random order: sort their uniforms, non-starts last.
     order = np.argsort(np.where(starts, u_order, np.inf), axis=1, kind="stable")
