@@ -31,6 +31,8 @@ PARAM_DTYPES = ("float32", "bfloat16")
 # "none": keep all activations; "full": recompute each layer in the backward pass;
 # "minimal": save the matmul outputs, recompute the cheap elementwise ops.
 REMAT_POLICIES = ("none", "full", "minimal")
+# "xla" runs everywhere; "cudnn" is cuDNN flash attention (GPU only; bf16/fp16 compute).
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
 
 # Keys that Hugging Face or Google configs carry and that mean nothing to this model (or that
 # we check below). They are accepted and dropped; any other unknown key is an error.
@@ -142,6 +144,7 @@ class BertConfig:
     remat: str = "none"  # see REMAT_POLICIES
     dtype: str = "float32"  # compute dtype of activations
     param_dtype: str = "float32"  # storage dtype of parameters
+    attention_implementation: str = "xla"  # see ATTENTION_IMPLEMENTATIONS
 
     def __post_init__(self):
         self._validate()
@@ -179,6 +182,7 @@ class BertConfig:
         _check_choice("dtype", self.dtype, COMPUTE_DTYPES)
         _check_choice("param_dtype", self.param_dtype, PARAM_DTYPES)
         _check_choice("remat", self.remat, REMAT_POLICIES)
+        _check_choice("attention_implementation", self.attention_implementation, ATTENTION_IMPLEMENTATIONS)
         for name in ("pre_layer_norm", "scan_layers"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"BertConfig.{name} must be true or false, found {getattr(self, name)!r}")

@@ -1,0 +1,106 @@
+"""Multi-head self-attention with padding and packed-segment masks.
+
+Attention runs through `jax.nn.dot_product_attention` (XLA, or cuDNN flash attention on GPU
+with `attention_implementation="cudnn"`). That function has no dropout, so when attention
+dropout is active (training with attention_probs_dropout_prob > 0) the same computation runs
+as explicit einsums with dropout on the probabilities. Softmax is in float32 on both paths.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from bert_jax.config import BertConfig
+from bert_jax.modeling.common import compute_dtype, dense, layer_norm
+
+
+def make_attention_mask(
+    attention_mask: jax.Array | None,  # [batch, length] 1 = real token, 0 = padding
+    packed_segment_ids: jax.Array | None,  # [batch, length] equal ids attend; 0 = padding
+) -> jax.Array | None:
+    """Boolean mask broadcastable to [batch, heads, query, key]; True = may attend.
+
+    Padding only: [batch, 1, 1, key] (keys are masked; padded queries still attend to the
+    real tokens, as in BERT, and their outputs are ignored). Packing: [batch, 1, query, key],
+    block-diagonal by segment id, with id 0 never attended to.
+    """
+    mask = None
+    if attention_mask is not None:
+        mask = (attention_mask != 0)[:, None, None, :]
+    if packed_segment_ids is not None:
+        seg = packed_segment_ids
+        same = (seg[:, None, :, None] == seg[:, None, None, :]) & (seg != 0)[:, None, None, :]
+        mask = same if mask is None else (mask & same)
+    return mask
+
+
+def _attention_with_dropout(query, key, value, mask, dropout: nn.Dropout, deterministic: bool):
+    """softmax(q k^T / sqrt(d)) v with dropout on the probabilities. [B, L, N, D] layout."""
+    scale = 1.0 / np.sqrt(query.shape[-1])
+    logits = jnp.einsum("bqnd,bknd->bnqk", query, key, preferred_element_type=jnp.float32) * scale
+    if mask is not None:
+        # Same finite fill as jax.nn.dot_product_attention, so fully masked rows stay finite.
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min * 0.7)
+    probs = jax.nn.softmax(logits, axis=-1)
+    probs = dropout(probs, deterministic=deterministic)
+    return jnp.einsum("bnqk,bknd->bqnd", probs.astype(value.dtype), value)
+
+
+class BertSelfAttention(nn.Module):
+    """[batch, length, embed] -> [batch, length, heads, head_dim] (attention/self/...)."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array | None, deterministic: bool) -> jax.Array:
+        cfg = self.config
+        heads = (cfg.num_attention_heads, cfg.head_dim)
+        axes = ("embed", "heads", "kv")
+        qkv_names = ("batch", "length", "heads", "kv")
+        q = nn.with_logical_constraint(dense(cfg, heads, axes, "query")(x), qkv_names)
+        k = nn.with_logical_constraint(dense(cfg, heads, axes, "key")(x), qkv_names)
+        v = nn.with_logical_constraint(dense(cfg, heads, axes, "value")(x), qkv_names)
+        dropout = nn.Dropout(rate=cfg.attention_probs_dropout_prob)
+        if deterministic or cfg.attention_probs_dropout_prob == 0.0:
+            impl = None if cfg.attention_implementation == "xla" else cfg.attention_implementation
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+        else:
+            out = _attention_with_dropout(q, k, v, mask, dropout, deterministic)
+        return nn.with_logical_constraint(out.astype(compute_dtype(cfg)), qkv_names)
+
+
+class BertSelfOutput(nn.Module):
+    """Output projection of attention (attention/output/{dense,LayerNorm})."""
+
+    config: BertConfig
+
+    def setup(self):
+        cfg = self.config
+        self.dense = dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), "dense", axis=(-2, -1))
+        self.LayerNorm = layer_norm(cfg)
+        self.dropout = nn.Dropout(rate=cfg.hidden_dropout_prob)
+
+    def __call__(self, attended: jax.Array, residual: jax.Array, deterministic: bool) -> jax.Array:
+        """attended [batch, length, heads, head_dim] -> [batch, length, embed]."""
+        y = self.dropout(self.dense(attended), deterministic=deterministic) + residual
+        return y if self.config.pre_layer_norm else self.LayerNorm(y)
+
+    def pre_norm(self, x: jax.Array) -> jax.Array:
+        """The LayerNorm on the attention input (pre_layer_norm only)."""
+        return self.LayerNorm(x)
+
+
+class BertAttention(nn.Module):
+    """Self-attention sublayer: post-LN LN(x + attn(x)) or pre-LN x + attn(LN(x))."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array | None, deterministic: bool) -> jax.Array:
+        output = BertSelfOutput(self.config, name="output")
+        inputs = output.pre_norm(x) if self.config.pre_layer_norm else x
+        attended = BertSelfAttention(self.config, name="self")(inputs, mask, deterministic)
+        return output(attended, x, deterministic)

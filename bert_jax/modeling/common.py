@@ -1,0 +1,85 @@
+"""Pieces every BERT module shares: dtypes, initialisers with logical axis names, activations."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from bert_jax.config import BertConfig
+
+# Activation-sharding names at layer boundaries ([batch, length, embed]).
+BATCH_LENGTH_EMBED = ("batch", "length", "embed")
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def compute_dtype(config: BertConfig) -> jnp.dtype:
+    return _DTYPES[config.dtype]
+
+
+def param_dtype(config: BertConfig) -> jnp.dtype:
+    return _DTYPES[config.param_dtype]
+
+
+def weight_init(config: BertConfig, axes: Sequence[str | None]) -> Callable:
+    """Google's create_initializer: truncated normal (at 2 stddev), stddev initializer_range."""
+    return nn.with_logical_partitioning(jax.nn.initializers.truncated_normal(config.initializer_range), tuple(axes))
+
+
+def zeros_init(axes: Sequence[str | None]) -> Callable:
+    return nn.with_logical_partitioning(jax.nn.initializers.zeros, tuple(axes))
+
+
+def ones_init(axes: Sequence[str | None]) -> Callable:
+    return nn.with_logical_partitioning(jax.nn.initializers.ones, tuple(axes))
+
+
+def layer_norm(config: BertConfig, name: str = "LayerNorm") -> nn.LayerNorm:
+    # Two-pass variance (use_fast_variance=False) as PyTorch computes it; E[x^2]-E[x]^2 loses
+    # digits when the mean is large. Statistics are computed in float32 whatever the dtype.
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_eps,
+        dtype=compute_dtype(config),
+        param_dtype=param_dtype(config),
+        use_fast_variance=False,
+        scale_init=ones_init(("embed",)),
+        bias_init=zeros_init(("embed",)),
+        name=name,
+    )
+
+
+def dense(
+    config: BertConfig,
+    features: int | tuple[int, ...],
+    kernel_axes: Sequence[str | None],
+    name: str,
+    axis: int | tuple[int, ...] = -1,
+    dtype: jnp.dtype | None = None,
+) -> nn.DenseGeneral:
+    """A DenseGeneral with Google's initialisers and logical axis names on kernel and bias."""
+    n_out = 1 if isinstance(features, int) else len(features)
+    return nn.DenseGeneral(
+        features=features,
+        axis=axis,
+        dtype=compute_dtype(config) if dtype is None else dtype,
+        param_dtype=param_dtype(config),
+        kernel_init=weight_init(config, kernel_axes),
+        bias_init=zeros_init(tuple(kernel_axes)[-n_out:]),
+        name=name,
+    )
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    """hidden_act -> function, with Hugging Face's meanings ("gelu" is the exact erf form)."""
+    if name in ("gelu", "gelu_python"):
+        return lambda x: jax.nn.gelu(x, approximate=False)
+    if name in ("gelu_new", "gelu_tanh", "gelu_pytorch_tanh", "gelu_fast"):
+        return lambda x: jax.nn.gelu(x, approximate=True)
+    if name == "relu":
+        return jax.nn.relu
+    if name in ("silu", "swish"):
+        return jax.nn.silu
+    raise ValueError(f"unsupported hidden_act {name!r}")

@@ -1,0 +1,62 @@
+"""BERT input embeddings: word + position + token type, then LayerNorm and dropout."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from bert_jax.config import BertConfig
+from bert_jax.modeling.common import (
+    BATCH_LENGTH_EMBED,
+    compute_dtype,
+    layer_norm,
+    param_dtype,
+    weight_init,
+)
+
+
+class BertEmbeddings(nn.Module):
+    """[batch, length] ids -> [batch, length, embed] (params at bert/embeddings/...)."""
+
+    config: BertConfig
+
+    def setup(self):
+        cfg = self.config
+
+        def embed(num, axes):
+            return nn.Embed(
+                num_embeddings=num,
+                features=cfg.hidden_size,
+                dtype=compute_dtype(cfg),
+                param_dtype=param_dtype(cfg),
+                embedding_init=weight_init(cfg, axes),
+            )
+
+        self.word_embeddings = embed(cfg.vocab_size, ("vocab", "embed"))
+        self.position_embeddings = embed(cfg.max_position_embeddings, (None, "embed"))
+        self.token_type_embeddings = embed(cfg.type_vocab_size, (None, "embed"))
+        self.LayerNorm = layer_norm(cfg)
+        self.dropout = nn.Dropout(rate=cfg.hidden_dropout_prob)
+
+    def __call__(
+        self,
+        input_ids: jax.Array,  # [batch, length]
+        token_type_ids: jax.Array,  # [batch, length]
+        position_ids: jax.Array | None,  # [batch, length]; None = 0..length-1
+        deterministic: bool,
+    ) -> jax.Array:  # [batch, length, embed]
+        if position_ids is None:
+            position_ids = jnp.arange(input_ids.shape[1], dtype=jnp.int32)[None, :]
+        x = (
+            self.word_embeddings(input_ids)
+            + self.position_embeddings(position_ids)
+            + self.token_type_embeddings(token_type_ids)
+        )
+        x = nn.with_logical_constraint(x, BATCH_LENGTH_EMBED)
+        x = self.LayerNorm(x)
+        return self.dropout(x, deterministic=deterministic)
+
+    def word_embedding_table(self) -> jax.Array:
+        """[vocab, embed] in param_dtype: the MLM decoder is tied to it."""
+        return self.word_embeddings.embedding

@@ -1,0 +1,148 @@
+"""The BERT models: the encoder (BertModel) and the encoder with each task head.
+
+All take input_ids, token_type_ids, attention_mask, position_ids, packed_segment_ids
+([batch, length] int arrays; all but input_ids optional) and `deterministic` (False needs
+rngs={"dropout": key}). Outputs are dicts; logits are float32.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from bert_jax.config import BertConfig
+from bert_jax.modeling.attention import make_attention_mask
+from bert_jax.modeling.embeddings import BertEmbeddings
+from bert_jax.modeling.encoder import BertEncoder
+from bert_jax.modeling.heads import BertPooler, PreTrainingHeads, logits_dense
+
+
+def _check_inputs(config: BertConfig, input_ids, **others) -> None:
+    """Shape errors at trace time, naming the input, instead of a broadcast error inside XLA."""
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must be [batch, length], found shape {tuple(input_ids.shape)}")
+    length = input_ids.shape[1]
+    if length > config.max_position_embeddings:
+        raise ValueError(
+            f"input_ids has length {length} but max_position_embeddings is {config.max_position_embeddings}"
+        )
+    for name, value in others.items():
+        if value is not None and tuple(value.shape) != tuple(input_ids.shape):
+            raise ValueError(
+                f"{name} must have the shape of input_ids {tuple(input_ids.shape)}, found {tuple(value.shape)}"
+            )
+
+
+class BertModel(nn.Module):
+    """-> {"sequence_output": [batch, length, embed], "pooled_output": [batch, embed]}."""
+
+    config: BertConfig
+
+    def setup(self):
+        self.embeddings = BertEmbeddings(self.config)
+        self.encoder = BertEncoder(self.config)
+        self.pooler = BertPooler(self.config)
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        token_type_ids: jax.Array | None = None,
+        attention_mask: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
+        packed_segment_ids: jax.Array | None = None,
+        deterministic: bool = True,
+    ) -> dict[str, jax.Array]:
+        _check_inputs(
+            self.config,
+            input_ids,
+            token_type_ids=token_type_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            packed_segment_ids=packed_segment_ids,
+        )
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
+        mask = make_attention_mask(attention_mask, packed_segment_ids)
+        sequence_output = self.encoder(x, mask, deterministic)
+        return {"sequence_output": sequence_output, "pooled_output": self.pooler(sequence_output)}
+
+    def word_embedding_table(self) -> jax.Array:
+        return self.embeddings.word_embedding_table()
+
+
+class BertForPreTraining(nn.Module):
+    """Adds mlm_logits ([batch, P, vocab] at masked_positions, or [batch, length, vocab]) and
+    nsp_logits [batch, 2]."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids,
+        token_type_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        packed_segment_ids=None,
+        deterministic: bool = True,
+        masked_positions: jax.Array | None = None,  # [batch, P]
+    ) -> dict[str, jax.Array]:
+        if masked_positions is not None and (masked_positions.ndim != 2 or masked_positions.shape[0] != input_ids.shape[0]):
+            raise ValueError(
+                f"masked_positions must be [batch, P] with batch {input_ids.shape[0]}, found {tuple(masked_positions.shape)}"
+            )
+        bert = BertModel(self.config, name="bert")
+        out = bert(input_ids, token_type_ids, attention_mask, position_ids, packed_segment_ids, deterministic)
+        mlm_logits, nsp_logits = PreTrainingHeads(self.config, name="cls")(
+            out["sequence_output"], out["pooled_output"], bert.word_embedding_table(), masked_positions
+        )
+        return {**out, "mlm_logits": mlm_logits, "nsp_logits": nsp_logits}
+
+
+class BertForSequenceClassification(nn.Module):
+    """dropout + dense on the pooled output -> logits [batch, num_labels] (1 = regression)."""
+
+    config: BertConfig
+    num_labels: int = 2
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None,
+                 packed_segment_ids=None, deterministic: bool = True) -> dict[str, jax.Array]:
+        out = BertModel(self.config, name="bert")(
+            input_ids, token_type_ids, attention_mask, position_ids, packed_segment_ids, deterministic
+        )
+        pooled = nn.Dropout(rate=self.config.hidden_dropout_prob)(out["pooled_output"], deterministic=deterministic)
+        return {**out, "logits": logits_dense(self.config, self.num_labels, "classifier")(pooled)}
+
+
+class BertForTokenClassification(nn.Module):
+    """dropout + dense on every token -> logits [batch, length, num_labels]."""
+
+    config: BertConfig
+    num_labels: int = 2
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None,
+                 packed_segment_ids=None, deterministic: bool = True) -> dict[str, jax.Array]:
+        out = BertModel(self.config, name="bert")(
+            input_ids, token_type_ids, attention_mask, position_ids, packed_segment_ids, deterministic
+        )
+        seq = nn.Dropout(rate=self.config.hidden_dropout_prob)(out["sequence_output"], deterministic=deterministic)
+        return {**out, "logits": logits_dense(self.config, self.num_labels, "classifier")(seq)}
+
+
+class BertForQuestionAnswering(nn.Module):
+    """Span prediction: dense(2) on every token -> start_logits, end_logits [batch, length]."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None,
+                 packed_segment_ids=None, deterministic: bool = True) -> dict[str, jax.Array]:
+        out = BertModel(self.config, name="bert")(
+            input_ids, token_type_ids, attention_mask, position_ids, packed_segment_ids, deterministic
+        )
+        logits = logits_dense(self.config, 2, "qa_outputs")(out["sequence_output"])  # [batch, length, 2]
+        return {**out, "start_logits": logits[..., 0], "end_logits": logits[..., 1]}
