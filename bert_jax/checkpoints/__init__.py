@@ -1,0 +1,115 @@
+"""Pretrained checkpoints in and out: Hugging Face, Google TF and bert_jax's own format.
+
+    config, params = load_pretrained(path)                  # format detected from the files
+    save_pretrained(params, config, out_dir, format="hf")    # or format="bert_jax"
+
+`params` is the tree of docs/ARCHITECTURE.md in the unstacked `layer_{i}` layout, as numpy
+arrays: `bert/...`, plus `cls/...` (MLM and NSP heads), `classifier/...` or `qa_outputs/...`
+when the checkpoint holds them. Every import and export is the one rename table in
+`names.py` plus reshapes; any disagreement between a checkpoint and its config (missing key,
+unexpected key, shape) raises CheckpointError naming the parameter, both shapes and the file.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import numpy as np
+
+from bert_jax.checkpoints import google_tf, hf, native, validation
+from bert_jax.checkpoints.validation import CheckpointError, flatten, unflatten
+from bert_jax.config import BertConfig
+
+FORMATS = ("bert_jax", "hf", "google_tf")
+
+__all__ = ["CheckpointError", "FORMATS", "detect_format", "load_pretrained", "save_pretrained"]
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """'bert_jax', 'hf' or 'google_tf' for a checkpoint directory (or a TF checkpoint prefix)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        if native.is_native_dir(path):
+            return "bert_jax"
+        if os.path.isfile(os.path.join(path, hf.CONFIG_FILE)):
+            return "hf"  # hf.load names the missing weights file, if any
+        if google_tf.is_tf_checkpoint(path) or os.path.isfile(os.path.join(path, google_tf.CONFIG_FILE)):
+            return "google_tf"
+        raise CheckpointError(
+            f"{path} is not a checkpoint directory bert_jax can read. Expected one of:\n"
+            f"  bert_jax:      {native.CONFIG_FILE} + {native.PARAMS_FILE}\n"
+            f"  Hugging Face:  {hf.CONFIG_FILE} + {hf.SAFETENSORS_FILE} or {hf.TORCH_FILE}\n"
+            f"  Google TF:     {google_tf.CONFIG_FILE} + {google_tf.DEFAULT_PREFIX}.index/.data-* (+ vocab.txt)\n"
+            f"found: {sorted(os.listdir(path))}"
+        )
+    if google_tf.is_tf_checkpoint(path):
+        return "google_tf"
+    if os.path.isfile(path):
+        raise CheckpointError(f"{path} is a file; pass the checkpoint directory that holds it")
+    raise CheckpointError(f"checkpoint path {path} does not exist")
+
+
+def load_pretrained(
+    path: str | os.PathLike, dtype: Any = np.float32, check_vocab: bool = True
+) -> tuple[BertConfig, dict[str, Any]]:
+    """Reads a checkpoint -> (BertConfig, params) with numpy leaves of `dtype`.
+
+    `path` is a Hugging Face directory (config.json + model.safetensors / pytorch_model.bin),
+    a google-research/bert directory (bert_config.json + bert_model.ckpt.* + vocab.txt) or a
+    TF checkpoint prefix, or a bert_jax directory (save_pretrained(format="bert_jax")). When
+    the directory has a vocab.txt, its size must equal config.vocab_size (check_vocab=False
+    skips that). dtype=None keeps a bert_jax checkpoint's stored dtype.
+    """
+    path = os.fspath(path)
+    fmt = detect_format(path)
+    if fmt == "bert_jax":
+        config, flat = native.load(path, dtype, check_vocab)
+    else:
+        loader = hf.load if fmt == "hf" else google_tf.load
+        config, flat = loader(path, np.float32 if dtype is None else dtype, check_vocab)
+    return config, unflatten(flat)
+
+
+def save_pretrained(
+    params: Mapping[str, Any],
+    config: BertConfig,
+    path: str | os.PathLike,
+    format: str = "hf",
+    vocab_file: str | os.PathLike | None = None,
+) -> None:
+    """Writes `params` (loop or scan layout, numpy or jax leaves) as a checkpoint directory.
+
+    format="hf": config.json + model.safetensors with BertForPreTraining keys (`bert.*`,
+    `cls.*`), float32, for transformers' `from_pretrained`. format="bert_jax": every
+    parameter in its own dtype, exact. `vocab_file` is checked against config.vocab_size and
+    copied in as vocab.txt.
+    """
+    if format not in ("hf", "bert_jax"):
+        raise ValueError(f"save_pretrained: format must be 'hf' or 'bert_jax', found {format!r}")
+    flat = flatten(_plain_tree(params))
+    vocab_file = None if vocab_file is None else os.fspath(vocab_file)
+    writer = hf.save if format == "hf" else native.save
+    writer(flat, config, os.fspath(path), vocab_file)
+
+
+def _plain_tree(params: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Unwraps {'params': ...}, strips Flax partitioning boxes, unstacks scanned layers."""
+    params = validation.unwrap_variables(params)
+    leaves_boxed_or_scanned = any(
+        "/layers/" in k or not hasattr(v, "shape") for k, v in _flatten_any(params).items()
+    )
+    if leaves_boxed_or_scanned:
+        from bert_jax.modeling.encoder import unstack_layers  # unboxes too
+
+        params = unstack_layers(params)
+    return params
+
+
+def _flatten_any(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, Mapping):
+        out = {}
+        for k, v in tree.items():
+            out.update(_flatten_any(v, f"{prefix}/{k}" if prefix else str(k)))
+        return out
+    return {prefix: tree}
