@@ -1,0 +1,176 @@
+"""Generic classification or regression on local TSV files, with no code to write.
+
+A file has a header naming its columns: `sentence` (single sentence) or `sentence_a` and
+`sentence_b` (pairs), and `label`. Other names can be configured (`text_a_column`, ...), and a
+headerless file gets its names from `column_names` (e.g. "label,sentence_a,sentence_b,id" for
+the Quora sample). Columns may come in any order; extra columns are ignored.
+
+- String labels are mapped automatically: the sorted set of training labels (numerically
+  sorted when all are integers) is the label list, saved in results.
+- A label column of non-integer numbers ("3.8") means regression (Pearson/Spearman/MSE).
+- Quoting is off (as in GLUE's own files): a `"` is an ordinary character.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import pathlib
+import sys
+from typing import Sequence
+
+from bert_jax.tasks import classification
+
+log = logging.getLogger(__name__)
+
+csv.field_size_limit(sys.maxsize)
+
+
+def read_rows(path: str | pathlib.Path, column_names: Sequence[str] | None = None) -> list[tuple[int, dict]]:
+    """(line number, {column: value}) for each data row of a tab-separated file.
+
+    The header gives the names unless `column_names` is given (then the file has no header).
+    A row with another number of fields than the header is an error naming the line.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"TSV file {path} does not exist")
+    rows = []
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        names = list(column_names) if column_names else None
+        for line_number, fields in enumerate(reader, start=1):
+            if not fields or (len(fields) == 1 and not fields[0].strip()):
+                continue  # blank line
+            if names is None:
+                names = [name.strip() for name in fields]
+                continue
+            if len(fields) != len(names):
+                raise ValueError(
+                    f"{path}:{line_number}: expected {len(names)} tab-separated fields {names}, found {len(fields)}: {fields!r}"
+                )
+            rows.append((line_number, dict(zip(names, fields))))
+    if names is None:
+        raise ValueError(f"{path} is empty")
+    return rows
+
+
+def _pick_column(path, available, configured: str, defaults: Sequence[str], what: str, required=True):
+    if configured:
+        if configured not in available:
+            raise ValueError(f"{path}: no column {configured!r} ({what}); the columns are {sorted(available)}")
+        return configured
+    for name in defaults:
+        if name in available:
+            return name
+    if required:
+        raise ValueError(f"{path}: no {what} column; expected one of {list(defaults)}, found {sorted(available)}")
+    return None
+
+
+def read_examples(
+    path,
+    *,
+    text_a_column: str = "",
+    text_b_column: str = "",
+    label_column: str = "label",
+    column_names: Sequence[str] | None = None,
+    labelled: bool = True,
+) -> list[classification.TextExample]:
+    rows = read_rows(path, column_names)
+    if not rows:
+        raise ValueError(f"{path} has a header but no data rows")
+    available = set(rows[0][1])
+    column_a = _pick_column(path, available, text_a_column, ("sentence", "sentence_a", "sentence1"), "first text")
+    b_defaults = ("sentence_b", "sentence2") if column_a != "sentence" else ()
+    column_b = _pick_column(path, available, text_b_column, b_defaults, "second text", required=False)
+    if labelled and label_column not in available:
+        raise ValueError(f"{path}: no label column {label_column!r}; the columns are {sorted(available)}")
+    examples = []
+    for line_number, row in rows:
+        label = row[label_column].strip() if labelled else None
+        if labelled and not label:
+            raise ValueError(f"{path}:{line_number}: empty {label_column!r} field")
+        examples.append(
+            classification.TextExample(
+                guid=f"{pathlib.Path(path).name}:{line_number}",
+                text_a=row[column_a],
+                text_b=row[column_b] if column_b else None,
+                label=label,
+            )
+        )
+    return examples
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def infer_labels(labels: Sequence[str], task_type: str = "auto") -> list[str] | None:
+    """Label names for classification, or None for regression.
+
+    auto: regression when every label is a number and some are not integers.
+    """
+    if task_type not in ("auto", "classification", "regression"):
+        raise ValueError(f"task_type must be auto, classification or regression, got {task_type!r}")
+    distinct = sorted(set(labels))
+    all_numbers = all(_is_float(label) for label in distinct)
+    if task_type == "regression" or (task_type == "auto" and all_numbers and not all(_is_int(x) for x in distinct)):
+        if not all_numbers:
+            bad = next(label for label in distinct if not _is_float(label))
+            raise ValueError(f"regression needs numeric labels, found {bad!r}")
+        return None
+    if all(_is_int(label) for label in distinct):
+        distinct = sorted(distinct, key=int)
+    if len(distinct) < 2:
+        raise ValueError(f"classification needs at least two labels in the training data, found {distinct}")
+    return distinct
+
+
+def make_tsv_task(
+    *,
+    tokenizer,
+    train_file: str,
+    eval_file: str,
+    max_seq_length: int,
+    text_a_column: str = "",
+    text_b_column: str = "",
+    label_column: str = "label",
+    column_names: str = "",
+    task_type: str = "auto",
+    name: str = "tsv",
+) -> classification.SequenceClassificationTask:
+    names = [n.strip() for n in column_names.split(",")] if column_names else None
+    read = dict(text_a_column=text_a_column, text_b_column=text_b_column, label_column=label_column, column_names=names)
+    train = read_examples(train_file, **read)
+    evaluation = read_examples(eval_file, **read)
+    label_names = infer_labels([e.label for e in train], task_type)
+    if label_names is None:
+        metric_fn, main_metric = classification.correlation_metrics, "pearson"
+    elif len(label_names) == 2:
+        metric_fn, main_metric = classification.accuracy_and_f1_metrics, "accuracy"
+    else:
+        metric_fn, main_metric = classification.accuracy_metrics, "accuracy"
+    log.info("%s: %s with labels %s", name, "regression" if label_names is None else "classification", label_names)
+    return classification.SequenceClassificationTask(
+        name=name,
+        tokenizer=tokenizer,
+        train_examples=train,
+        eval_sets={"": evaluation},
+        label_names=label_names,
+        max_seq_length=max_seq_length,
+        metric_fn=metric_fn,
+        main_metric=main_metric,
+    )
