@@ -14,6 +14,8 @@ INSTALL_REQUIRES = [
     "importlib_resources>=6",
     "dill>=0.3.8",
     "sentencepiece>=0.2.0,<0.3",
+    # Deterministic, checkpointable index shuffling for the pretraining input pipeline.
+    "grain>=0.2.18,<0.3",
     "tokenizers>=0.23,<0.24",
     "safetensors>=0.4",
     "numpy>=1.26",
