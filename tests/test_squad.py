@@ -63,9 +63,9 @@ def test_gold_logits_round_trip_to_exact_match_100(tokenizer, examples, max_seq_
 
 def test_long_context_is_split_into_overlapping_windows(tokenizer, examples):
     features = squad.build_features(tokenizer, examples, max_seq_length=64, doc_stride=16, max_query_length=32, is_training=False)
-    context_tokens = len(tokenizer.encode(examples[0].context, add_special_tokens=False).ids)
+    context_tokens = len(tokenizer.encode_ids(examples[0].context))
     windows_of_first = int(np.sum(features.example_index == 0))
-    question_tokens = len(tokenizer.encode(examples[0].question, add_special_tokens=False).ids)
+    question_tokens = len(tokenizer.encode_ids(examples[0].question))
     max_doc = 64 - question_tokens - 3
     # run_squad.py: windows start every doc_stride tokens until one reaches the end.
     expected = 1 + int(np.ceil(max(0, context_tokens - max_doc) / 16))

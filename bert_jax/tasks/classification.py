@@ -3,8 +3,9 @@
 Inputs are `TextExample`s; features follow BERT: `[CLS] a [SEP]` or `[CLS] a [SEP] b [SEP]`,
 token types 0 for `[CLS] a [SEP]` and 1 for `b [SEP]`, padded to `max_seq_length`.
 
-Truncation rule (google-research/bert `_truncate_seq_pair`): while the pair is too long,
-drop the last token of the longer side (of `b` on a tie); a single sentence loses its tail.
+Truncation rule (google-research/bert `_truncate_seq_pair`, in the tokenizer's `build_pair`):
+while the pair is too long, drop the last token of the longer side (of `b` on a tie); a single
+sentence loses its tail.
 Every truncated example is counted and logged, none is dropped.
 
 Batches (numpy, [batch, length] int32 unless noted):
@@ -36,60 +37,33 @@ class TextExample:
     label: str | float | None = None  # None: unlabelled (test split)
 
 
-def truncate_pair(tokens_a: list, tokens_b: list | None, max_tokens: int) -> bool:
-    """Longest-first truncation in place, as google-research/bert. Returns whether it cut."""
-    if tokens_b is None:
-        if len(tokens_a) <= max_tokens:
-            return False
-        del tokens_a[max_tokens:]
-        return True
-    cut = False
-    while len(tokens_a) + len(tokens_b) > max_tokens:
-        longer = tokens_a if len(tokens_a) > len(tokens_b) else tokens_b
-        longer.pop()
-        cut = True
-    return cut
-
-
 def encode_examples(
     tokenizer, examples: Sequence[TextExample], max_seq_length: int, what: str
 ) -> dict[str, np.ndarray]:
-    """Tokenises and packs examples into [num_examples, max_seq_length] int32 arrays."""
+    """Tokenises and packs examples into [num_examples, max_seq_length] int32 arrays.
+
+    Packing and truncation are the tokenizer's `build_pair` (Google's rule); this counts the
+    examples it had to cut.
+    """
     if max_seq_length < 3:
-        raise ValueError(f"max_seq_length must be >= 3 to hold [CLS] x [SEP], got {max_seq_length}")
-    special = features_lib.special_token_ids(tokenizer)
-    ids_a = features_lib.encode_texts(tokenizer, [e.text_a for e in examples])
-    has_b = [e.text_b is not None for e in examples]
-    ids_b_list = features_lib.encode_texts(tokenizer, [e.text_b for e in examples if e.text_b is not None])
-    ids_b_iter = iter(ids_b_list)
-    num = len(examples)
-    input_ids = np.full((num, max_seq_length), special["[PAD]"], dtype=np.int32)
-    token_type_ids = np.zeros((num, max_seq_length), dtype=np.int32)
-    attention_mask = np.zeros((num, max_seq_length), dtype=np.int32)
-    num_truncated = 0
-    for i, (tokens_a, pair) in enumerate(zip(ids_a, has_b)):
-        tokens_b = list(next(ids_b_iter)) if pair else None
-        tokens_a = list(tokens_a)
-        budget = max_seq_length - (3 if pair else 2)
-        num_truncated += truncate_pair(tokens_a, tokens_b, budget)
-        ids = [special["[CLS]"], *tokens_a, special["[SEP]"]]
-        types = [0] * len(ids)
-        if tokens_b is not None:
-            ids += [*tokens_b, special["[SEP]"]]
-            types += [1] * (len(tokens_b) + 1)
-        input_ids[i, : len(ids)] = ids
-        token_type_ids[i, : len(ids)] = types
-        attention_mask[i, : len(ids)] = 1
+        raise ValueError(f"max_seq_length must be >= 3 to hold [CLS] a [SEP] b [SEP], got {max_seq_length}")
+    ids_a = tokenizer.encode_ids_batch([e.text_a for e in examples])
+    texts_b = [e.text_b for e in examples if e.text_b is not None]
+    ids_b = iter(tokenizer.encode_ids_batch(texts_b) if texts_b else [])
+    rows, num_truncated = [], 0
+    for example, tokens_a in zip(examples, ids_a):
+        tokens_b = next(ids_b) if example.text_b is not None else None
+        used = len(tokens_a) + (len(tokens_b) + 3 if tokens_b is not None else 2)
+        num_truncated += used > max_seq_length
+        rows.append(tokenizer.build_pair(tokens_a, tokens_b, max_seq_length))
     log.info(
-        "%s: %d examples, %d truncated to max_seq_length=%d (longest-first)",
-        what, num, num_truncated, max_seq_length,
+        "%s: %d examples, %d truncated to max_seq_length=%d (longest segment first)",
+        what, len(examples), num_truncated, max_seq_length,
     )
-    return {
-        "input_ids": input_ids,
-        "token_type_ids": token_type_ids,
-        "attention_mask": attention_mask,
-        "num_truncated": num_truncated,
-    }
+    keys = ("input_ids", "token_type_ids", "attention_mask")
+    arrays = {k: np.stack([r[k] for r in rows]) if rows else np.zeros((0, max_seq_length), np.int32) for k in keys}
+    arrays["num_truncated"] = num_truncated
+    return arrays
 
 
 # ---- metrics per task --------------------------------------------------------------------

@@ -11,21 +11,16 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-
 
 def load_tokenizer(vocab_file: str | pathlib.Path, lowercase: bool = True):
-    """A WordPiece tokenizer (google-research/bert's BasicTokenizer + WordPiece rules).
-
-    Returns a `tokenizers.Tokenizer`: tasks call `.encode(text, add_special_tokens=False)`
-    and read `.ids`, `.offsets` (character spans into the text) and `.word_ids`.
-    """
-    from tokenizers import BertWordPieceTokenizer
+    """The project tokenizer (`data_pipelines.tokenization`): WordPiece for a vocab.txt,
+    SentencePiece for a `.model` file."""
+    from data_pipelines.tokenization import load_tokenizer as load
 
     path = pathlib.Path(vocab_file)
     if not path.is_file():
         raise FileNotFoundError(f"vocab file {path} does not exist")
-    return BertWordPieceTokenizer(str(path), lowercase=lowercase)
+    return load(path, lowercase=lowercase)
 
 
 def resolve_vocab_file(vocab_file: str | None, init_from: str | None) -> pathlib.Path:
@@ -33,43 +28,22 @@ def resolve_vocab_file(vocab_file: str | None, init_from: str | None) -> pathlib
     if vocab_file:
         return pathlib.Path(vocab_file)
     if init_from:
-        candidate = pathlib.Path(init_from) / "vocab.txt"
-        if candidate.is_file():
-            return candidate
+        for name in ("vocab.txt", "spm.model"):
+            candidate = pathlib.Path(init_from) / name
+            if candidate.is_file():
+                return candidate
     raise ValueError(
         f"no vocab: set config.vocab_file, or init_from a directory holding vocab.txt (init_from={init_from!r})"
     )
 
 
-def vocab_size_of(tokenizer) -> int:
-    return tokenizer.get_vocab_size(with_added_tokens=True)
-
-
-def special_token_ids(tokenizer) -> dict[str, int]:
-    ids = {}
-    for token in SPECIAL_TOKENS:
-        token_id = tokenizer.token_to_id(token)
-        if token_id is None:
-            raise ValueError(f"the vocab has no {token} token; BERT fine-tuning needs {list(SPECIAL_TOKENS)}")
-        ids[token] = token_id
-    return ids
-
-
 def check_vocab(tokenizer, bert_config) -> None:
     """The tokenizer must produce exactly the ids the checkpoint's embedding table was trained on."""
-    size = vocab_size_of(tokenizer)
-    if size != bert_config.vocab_size:
+    if tokenizer.vocab_size != bert_config.vocab_size:
         raise ValueError(
-            f"tokenizer vocab has {size} entries but the checkpoint's vocab_size is {bert_config.vocab_size}: "
-            "the vocab file does not belong to this checkpoint"
+            f"tokenizer vocab {tokenizer.path} has {tokenizer.vocab_size} entries but the checkpoint's "
+            f"vocab_size is {bert_config.vocab_size}: the vocab file does not belong to this checkpoint"
         )
-
-
-def encode_texts(tokenizer, texts: Sequence[str]) -> list[list[int]]:
-    """WordPiece ids without special tokens, one list per text."""
-    if not texts:
-        return []
-    return [encoding.ids for encoding in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
 
 
 class ArrayBatchIterator:

@@ -102,17 +102,16 @@ class NerFeatures:
 
 
 def build_features(tokenizer, sentences: Sequence[TaggedSentence], labels: Sequence[str], max_seq_length: int, what: str) -> NerFeatures:
-    special = features_lib.special_token_ids(tokenizer)
     label_index = {t: i for i, t in enumerate(labels)}
     budget = max_seq_length - 2
-    encodings = tokenizer.encode_batch([list(s.words) for s in sentences], is_pretokenized=True, add_special_tokens=False)
     rows = {k: [] for k in ("input_ids", "token_type_ids", "attention_mask", "label_ids", "label_weights")}
     sentence_index, word_index = [], []
     num_split = num_empty_words = num_cut_words = num_unknown_tags = 0
-    for s_index, (sentence, encoding) in enumerate(zip(sentences, encodings)):
+    for s_index, sentence in enumerate(sentences):
         # Sub-token ids grouped by word.
+        token_ids, word_ids = tokenizer.tokenize_words(sentence.words)
         pieces = [[] for _ in sentence.words]
-        for token_id, word in zip(encoding.ids, encoding.word_ids):
+        for token_id, word in zip(token_ids.tolist(), word_ids.tolist()):
             pieces[word].append(token_id)
         num_empty_words += sum(1 for p in pieces if not p)
         for p in pieces:
@@ -130,12 +129,12 @@ def build_features(tokenizer, sentences: Sequence[TaggedSentence], labels: Seque
         chunks.append(current)
         num_split += len(chunks) > 1
         for chunk in chunks:
-            ids = np.full(max_seq_length, special["[PAD]"], np.int32)
+            ids = np.full(max_seq_length, tokenizer.pad_id, np.int32)
             label_ids = np.zeros(max_seq_length, np.int32)
             weights = np.zeros(max_seq_length, np.float32)
             words_at = np.full(max_seq_length, -1, np.int32)
             position = 1
-            ids[0] = special["[CLS]"]
+            ids[0] = tokenizer.cls_id
             for w in chunk:
                 if pieces[w]:
                     tag = sentence.tags[w]
@@ -146,7 +145,7 @@ def build_features(tokenizer, sentences: Sequence[TaggedSentence], labels: Seque
                     words_at[position] = w
                     ids[position : position + len(pieces[w])] = pieces[w]
                     position += len(pieces[w])
-            ids[position] = special["[SEP]"]
+            ids[position] = tokenizer.sep_id
             mask = np.zeros(max_seq_length, np.int32)
             mask[: position + 1] = 1
             rows["input_ids"].append(ids)

@@ -11,7 +11,7 @@ Features follow google-research/bert `run_squad.py`:
   when the window does not hold it or the question has no answer (v2.0).
 
 One difference from run_squad.py, on purpose: sub-tokens carry character offsets into the
-context (from the `tokenizers` library), so the answer span is found from the gold
+context (the tokenizer's `tokenize_with_offsets`), so the answer span is found from the gold
 character span and the predicted text is cut straight out of the original context. That
 replaces run_squad.py's whitespace tokens, `_improve_answer_span` and `get_final_text`
 (a heuristic alignment of lower-cased text back to the original) with an exact mapping.
@@ -163,12 +163,10 @@ def build_features(
     max_query_length: int = 64,
     is_training: bool,
 ) -> SquadFeatures:
-    special = features_lib.special_token_ids(tokenizer)
     if max_seq_length - max_query_length - 3 <= 0:
         raise ValueError(f"max_seq_length {max_seq_length} leaves no room for context after max_query_length {max_query_length}")
-    question_ids = features_lib.encode_texts(tokenizer, [e.question for e in examples])
-    unique_contexts = list(dict.fromkeys(e.context for e in examples))
-    context_encodings = dict(zip(unique_contexts, tokenizer.encode_batch(unique_contexts, add_special_tokens=False)))
+    question_ids = tokenizer.encode_ids_batch([e.question for e in examples]) if examples else []
+    context_spans = {}  # SQuAD asks several questions about each paragraph: tokenise it once
 
     rows = collections.defaultdict(list)
     example_index, char_spans, max_context = [], [], []
@@ -177,9 +175,10 @@ def build_features(
         if len(q_ids) > max_query_length:
             q_ids = q_ids[:max_query_length]
             num_truncated += 1
-        encoding = context_encodings[example.context]
-        doc_ids = np.asarray(encoding.ids, dtype=np.int32)
-        doc_offsets = np.asarray(encoding.offsets, dtype=np.int32).reshape(-1, 2)
+        if example.context not in context_spans:
+            context_spans[example.context] = tokenizer.tokenize_with_offsets(example.context)
+        doc_ids = context_spans[example.context].ids
+        doc_offsets = context_spans[example.context].offsets
         answer_span = None
         if is_training and not example.is_impossible:
             if not example.answers:
@@ -194,12 +193,12 @@ def build_features(
         windows = _doc_windows(len(doc_ids), max_doc_tokens, doc_stride)
         for window_index, (start, length) in enumerate(windows):
             doc_offset = len(q_ids) + 2  # position of the first context token
-            ids = np.full(max_seq_length, special["[PAD]"], np.int32)
+            ids = np.full(max_seq_length, tokenizer.pad_id, np.int32)
             types = np.zeros(max_seq_length, np.int32)
             mask = np.zeros(max_seq_length, np.int32)
             spans = np.full((max_seq_length, 2), -1, np.int32)
             scored = np.zeros(max_seq_length, bool)
-            sequence = [special["[CLS]"], *q_ids, special["[SEP]"], *doc_ids[start : start + length], special["[SEP]"]]
+            sequence = [tokenizer.cls_id, *q_ids, tokenizer.sep_id, *doc_ids[start : start + length], tokenizer.sep_id]
             ids[: len(sequence)] = sequence
             types[doc_offset : len(sequence)] = 1
             mask[: len(sequence)] = 1
