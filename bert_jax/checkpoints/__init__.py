@@ -12,6 +12,7 @@ unexpected key, shape) raises CheckpointError naming the parameter, both shapes 
 
 from __future__ import annotations
 
+import glob
 import os
 from typing import Any, Mapping
 
@@ -34,8 +35,8 @@ def detect_format(path: str | os.PathLike) -> str:
             return "bert_jax"
         if os.path.isfile(os.path.join(path, hf.CONFIG_FILE)):
             return "hf"  # hf.load names the missing weights file, if any
-        if google_tf.is_tf_checkpoint(path) or os.path.isfile(os.path.join(path, google_tf.CONFIG_FILE)):
-            return "google_tf"
+        if os.path.isfile(os.path.join(path, google_tf.CONFIG_FILE)) or glob.glob(os.path.join(path, "*.index")):
+            return "google_tf"  # google_tf.load names the missing config or checkpoint
         raise CheckpointError(
             f"{path} is not a checkpoint directory bert_jax can read. Expected one of:\n"
             f"  bert_jax:      {native.CONFIG_FILE} + {native.PARAMS_FILE}\n"
