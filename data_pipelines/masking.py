@@ -266,13 +266,13 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-def example_keys(seed: int, epoch: int, example_index: np.ndarray | int) -> np.ndarray:
-    """One 64-bit key per example from (seed, epoch, global example index), for `mask_batch`."""
+def example_keys(seed: int, epoch: np.ndarray | int, example_index: np.ndarray | int) -> np.ndarray:
+    """64-bit keys from (seed, epoch, example index), broadcast over arrays, for `mask_batch`."""
     with np.errstate(over="ignore"):
         base = _splitmix64(np.uint64(seed % (1 << 64)) + _GOLDEN)
-        base = _splitmix64(base ^ (np.uint64(epoch % (1 << 64)) + _GOLDEN))
+        epoch = np.asarray(epoch, dtype=np.uint64)
         index = np.asarray(example_index, dtype=np.uint64)
-        return _splitmix64(base ^ (index * _GOLDEN + np.uint64(1)))
+        return _splitmix64(_splitmix64(base ^ (epoch + _GOLDEN)) ^ (index * _GOLDEN + np.uint64(1)))
 
 
 def _keyed_uniform(row_keys: np.ndarray, length: int, stream: int) -> np.ndarray:

@@ -1,0 +1,361 @@
+"""The pretraining input pipeline: determinism, exact resume, sharding, packing, bad input.
+
+Fixtures are Google-format TFRecords written here with tf.train.Example (the layout of
+google-research/bert's create_pretraining_data.py). Record r holds the id 10 + r at position 1,
+so every row of a batch says which record it came from.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from data_pipelines import input_pipeline
+from data_pipelines.input_pipeline import SyntheticBatchIterator, make_pretraining_iterator
+from data_pipelines.masking import MaskingVocab, mask_sequence
+from data_pipelines.packing import unpack_row
+
+LENGTH, PREDICTIONS = 32, 5
+TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(5, 600)] + [f"##s{i}" for i in range(100)]
+CLS, SEP = 2, 3
+
+
+def _int_feature(values):
+    import tensorflow as tf
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
+
+
+def _float_feature(values):
+    import tensorflow as tf
+    return tf.train.Feature(float_list=tf.train.FloatList(value=[float(v) for v in values]))
+
+
+def _make_examples(n, seed=0, short=False, length=LENGTH, predictions=PREDICTIONS):
+    """Google-style instances (static masks): dicts of unpadded lists, like the TFRecord features."""
+    rng = np.random.default_rng(seed)
+    vocab = MaskingVocab.from_tokens(TOKENS)
+    examples = []
+    for r in range(n):
+        size = int(rng.integers(6, length // 2)) if short else length - int(rng.integers(0, 3))
+        a = max(1, (size - 3) // 2)
+        body = rng.integers(5, len(TOKENS), size)
+        body[0], body[1], body[a + 1], body[size - 1] = CLS, 10 + r, SEP, SEP
+        ids = np.zeros(length, np.int64)
+        ids[:size] = body
+        segment = np.zeros(length, np.int64)
+        segment[a + 2:size] = 1
+        masked = mask_sequence(ids, vocab, rng, max_predictions_per_seq=predictions, masked_lm_prob=0.15)
+        # keep the record id at position 1 readable: never masked in these fixtures
+        keep = masked["masked_lm_positions"] == 1
+        if keep.any() and masked["masked_lm_weights"][keep][0] > 0:
+            masked["input_ids"][1] = 10 + r
+        examples.append({
+            "input_ids": masked["input_ids"], "input_mask": (ids != 0).astype(np.int64), "segment_ids": segment,
+            "masked_lm_positions": masked["masked_lm_positions"], "masked_lm_ids": masked["masked_lm_ids"],
+            "masked_lm_weights": masked["masked_lm_weights"], "next_sentence_labels": [r % 2],
+            "original_ids": ids,
+        })
+    return examples
+
+
+def _serialize(example, drop=None, override=None):
+    import tensorflow as tf
+    features = {}
+    for name, values in example.items():
+        if name == "original_ids" or name == drop:
+            continue
+        if override and name in override:
+            values = override[name]
+        features[name] = _float_feature(values) if name == "masked_lm_weights" else _int_feature(values)
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+
+
+def _write(directory, examples, num_files=3, name="part"):
+    import tensorflow as tf
+    directory.mkdir(parents=True, exist_ok=True)
+    per_file = -(-len(examples) // num_files)
+    for f in range(num_files):
+        with tf.io.TFRecordWriter(str(directory / f"{name}-{f:05d}.tfrecord")) as writer:
+            for example in examples[f * per_file:(f + 1) * per_file]:
+                writer.write(_serialize(example))
+    return str(directory / f"{name}-*.tfrecord")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretraining")
+    examples = _make_examples(90)
+    short = _make_examples(150, seed=1, short=True)
+    vocab = root / "vocab.txt"
+    vocab.write_text("\n".join(TOKENS) + "\n")
+    return {"examples": examples, "files": _write(root / "full", examples),
+            "short_examples": short, "short_files": _write(root / "short", short, num_files=2),
+            "vocab": str(vocab), "root": root}
+
+
+def _config(data, **overrides):
+    config = input_pipeline.default_data_config()
+    config.input_files = data["files"]
+    config.max_seq_length = LENGTH
+    config.max_predictions_per_seq = PREDICTIONS
+    config.vocab_file = data["vocab"]
+    config.update(overrides)
+    return config
+
+
+VARIANTS = {
+    "static": {},
+    "dynamic": {"dynamic_masking": True},
+    "dynamic_wwm_30": {"dynamic_masking": True, "whole_word_masking": True, "masked_lm_prob": 0.3},
+    "packing": {"packing": True, "next_sentence_prediction": False, "short": True},
+    "packing_dynamic": {"packing": True, "next_sentence_prediction": False, "dynamic_masking": True, "short": True},
+}
+
+
+def _variant_config(data, name, **more):
+    overrides = dict(VARIANTS[name], **more)
+    short = overrides.pop("short", False)
+    if short:
+        overrides["input_files"] = data["short_files"]
+    return _config(data, **overrides)
+
+
+def _take(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+def _assert_same(batches_a, batches_b):
+    assert len(batches_a) == len(batches_b)
+    for a, b in zip(batches_a, batches_b):
+        assert sorted(a) == sorted(b)
+        for key in a:
+            assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape
+            assert a[key].tobytes() == b[key].tobytes(), key
+
+
+def _records(batch):
+    return (batch["input_ids"][:, 1] - 10).tolist()
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_same_seed_same_bytes(data, variant):
+    config = _variant_config(data, variant)
+    first = _take(make_pretraining_iterator(config, 8, seed=3), 15)
+    second = _take(make_pretraining_iterator(config, 8, seed=3), 15)
+    _assert_same(first, second)
+    other = _take(make_pretraining_iterator(config, 8, seed=4), 15)
+    assert any(a["input_ids"].tobytes() != b["input_ids"].tobytes() for a, b in zip(first, other))
+
+
+def test_every_epoch_is_a_new_permutation_of_all_records(data):
+    # 90 records, batches of 6: 15 batches per epoch.
+    batches = _take(make_pretraining_iterator(_config(data), 6, seed=0), 45)
+    epochs = [sum((_records(b) for b in batches[e * 15:(e + 1) * 15]), []) for e in range(3)]
+    for order in epochs:
+        assert sorted(order) == list(range(90))
+    assert epochs[0] != epochs[1] and epochs[1] != epochs[2] and epochs[0] != list(range(90))
+    # The rows are the records as written.
+    batch = batches[0]
+    for row, r in enumerate(_records(batch)):
+        example = data["examples"][r]
+        for key in ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids"):
+            np.testing.assert_array_equal(batch[key][row], example[key])
+        assert batch["next_sentence_labels"][row] == r % 2
+    assert batch["input_ids"].dtype == np.int32 and batch["masked_lm_weights"].dtype == np.float32
+    assert batch["next_sentence_labels"].shape == (6,)
+    unordered = _take(make_pretraining_iterator(_config(data, shuffle=False), 6, seed=0), 16)
+    assert sum((_records(b) for b in unordered), []) == list(range(90)) + list(range(6))
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("prefetch", [0, 3])
+@pytest.mark.parametrize("k", [4, 13])  # mid-epoch; and with the next batches crossing into epoch 2
+def test_exact_resume(data, variant, prefetch, k):
+    config = _variant_config(data, variant, prefetch_batches=prefetch)
+    uninterrupted = _take(make_pretraining_iterator(config, 6, seed=11), k + 6)
+    interrupted = make_pretraining_iterator(config, 6, seed=11)
+    _take(interrupted, k)
+    state = json.loads(json.dumps(interrupted.get_state()))
+    _take(interrupted, 2)  # batches after the save are not part of the state
+    interrupted.close()
+    resumed = make_pretraining_iterator(config, 6, seed=11)
+    resumed.set_state(state)
+    _assert_same(_take(resumed, 6), uninterrupted[k:])
+    # Set back on the same (running, prefetching) iterator, too.
+    resumed.set_state(state)
+    _assert_same(_take(resumed, 3), uninterrupted[k:k + 3])
+    resumed.close()
+
+
+def test_resume_across_the_epoch_boundary_reports_the_epoch(data):
+    it = make_pretraining_iterator(_config(data), 6, seed=0)
+    _take(it, 14)
+    assert it.get_state()["epoch"] == 0
+    _take(it, 2)
+    assert it.get_state()["epoch"] == 1 and it.get_state()["global_position"] == 96
+
+
+def test_dynamic_masking_changes_every_epoch_and_keeps_labels(data):
+    config = _config(data, dynamic_masking=True)
+    batches = _take(make_pretraining_iterator(config, 6, seed=0, ), 30)
+    masks = {}
+    for e, epoch in enumerate((batches[:15], batches[15:])):
+        for batch in epoch:
+            for row, r in enumerate(_records_of_unmasked(batch)):
+                w = batch["masked_lm_weights"][row] > 0
+                positions = batch["masked_lm_positions"][row][w]
+                original = data["examples"][r]["original_ids"]
+                np.testing.assert_array_equal(batch["masked_lm_ids"][row][w], original[positions])
+                masks[(e, r)] = tuple(positions)
+    changed = np.mean([masks[(0, r)] != masks[(1, r)] for r in range(90)])
+    static = np.mean([masks[(0, r)] != tuple(np.asarray(data["examples"][r]["masked_lm_positions"])[
+        np.asarray(data["examples"][r]["masked_lm_weights"]) > 0]) for r in range(90)])
+    assert changed > 0.9 and static > 0.9, (changed, static)
+
+
+def _records_of_unmasked(batch):
+    """Record ids even when position 1 is masked: restore from the labels first."""
+    ids = input_pipeline.unmask(batch)
+    return (ids[:, 1] - 10).tolist()
+
+
+@pytest.mark.parametrize("variant", ["static", "dynamic"])
+def test_processes_read_disjoint_shards_whose_union_is_the_global_batch(data, variant):
+    config = _variant_config(data, variant)
+    single = _take(make_pretraining_iterator(config, 8, seed=5), 20)
+    shards = [_take(make_pretraining_iterator(config, 8, seed=5, process_index=p, process_count=2), 20)
+              for p in range(2)]
+    for step, global_batch in enumerate(single):
+        p0, p1 = shards[0][step], shards[1][step]
+        assert len(p0["input_ids"]) == 4
+        r0, r1 = _records_of_unmasked(p0), _records_of_unmasked(p1)
+        assert not set(r0) & set(r1) or step in (11, 22)  # a global batch may straddle an epoch
+        for key in global_batch:  # interleaved rows: process p holds global rows p, p+2, ...
+            merged = np.empty_like(global_batch[key])
+            merged[0::2], merged[1::2] = p0[key], p1[key]
+            np.testing.assert_array_equal(merged, global_batch[key], err_msg=key)
+    # A state saved with two processes resumes a single-process run at the same place.
+    two = make_pretraining_iterator(config, 8, seed=5, process_index=1, process_count=2)
+    _take(two, 7)
+    one = make_pretraining_iterator(config, 8, seed=5)
+    one.set_state(two.get_state())
+    _assert_same(_take(one, 3), single[7:10])
+
+
+def test_packing_through_the_pipeline_keeps_every_example_once(data):
+    config = _variant_config(data, "packing")
+    it = make_pretraining_iterator(config, 4, seed=2, process_index=0, process_count=1)
+    seen = []
+    efficiencies = []
+    while len(seen) < 150:
+        batch = next(it)
+        assert set(batch) == {"input_ids", "input_mask", "segment_ids", "position_ids", "packed_segment_ids",
+                              "masked_lm_positions", "masked_lm_ids", "masked_lm_weights"}
+        efficiencies.append(batch["input_mask"].mean())
+        for row in range(4):
+            for example in unpack_row({k: v[row] for k, v in batch.items()}):
+                r = int(example["input_ids"][1]) - 10
+                original = data["short_examples"][r]
+                n = int(np.sum(original["input_mask"]))
+                np.testing.assert_array_equal(example["input_ids"], original["input_ids"][:n])
+                np.testing.assert_array_equal(example["position_ids"], np.arange(n))
+                w = np.asarray(original["masked_lm_weights"]) > 0
+                np.testing.assert_array_equal(example["masked_lm_positions"], original["masked_lm_positions"][w])
+                seen.append(r)
+    # Stream order: all of epoch 1 (each record once), then the start of epoch 2 (distinct again).
+    counts = np.bincount(seen, minlength=150)
+    assert counts.min() >= 1 and counts.max() <= 2 and len(seen) - 150 == (counts == 2).sum()
+    assert np.mean(efficiencies) > 0.75, np.mean(efficiencies)
+    state = it.get_state()
+    assert state["process_index"] == 0 and "position" in state
+    other = make_pretraining_iterator(config, 4, seed=2, process_index=1, process_count=2)
+    with pytest.raises(ValueError, match="process 1 of 2.*process 0 of 1"):
+        other.set_state(state)
+
+
+def test_prefetch_does_not_advance_the_state(data):
+    it = make_pretraining_iterator(_config(data, prefetch_batches=5), 6, seed=0)
+    next(it)
+    import time
+    time.sleep(0.3)  # let the thread fill its queue; the state must still say one batch
+    assert it.get_state()["global_position"] == 6
+    it.close()
+
+
+def test_state_from_another_setup_is_refused(data):
+    it = make_pretraining_iterator(_config(data), 6, seed=0)
+    state = it.get_state()
+    with pytest.raises(ValueError, match="seed=0 but this iterator has 1"):
+        make_pretraining_iterator(_config(data), 6, seed=1).set_state(state)
+    with pytest.raises(ValueError, match="global_batch_size=6 but this iterator has 12"):
+        make_pretraining_iterator(_config(data), 12, seed=0).set_state(state)
+
+
+def test_bad_records_are_named_by_file_record_and_feature(data, tmp_path):
+    good = data["examples"][:5]
+    import tensorflow as tf
+    cases = {
+        "short_ids": (_serialize(good[2], override={"input_ids": good[2]["input_ids"][:30]}),
+                      r"bad-00000.tfrecord: record 2: feature 'input_ids' has 30 values, expected 32 \(max_seq_length\)"),
+        "missing": (_serialize(good[2], drop="masked_lm_weights"),
+                    r"bad-00000.tfrecord: record 2 lacks feature 'masked_lm_weights'"),
+        "garbage": (b"\x00\x01 not a proto \xff" * 3, r"bad-00000.tfrecord: record 2"),
+    }
+    for case, (bad_record, message) in cases.items():
+        directory = tmp_path / case
+        directory.mkdir()
+        with tf.io.TFRecordWriter(str(directory / "bad-00000.tfrecord")) as writer:
+            for i, example in enumerate(good):
+                writer.write(bad_record if i == 2 else _serialize(example))
+        it = make_pretraining_iterator(_config(data, input_files=str(directory / "*.tfrecord"), shuffle=False,
+                                               prefetch_batches=2), 5, seed=0)
+        with pytest.raises(ValueError, match=message):
+            next(it)
+    # Files of another phase are refused when the iterator is made, not steps later.
+    with pytest.raises(ValueError, match=r"part-00000.tfrecord: record 0: feature 'input_ids' has 32 values, "
+                                         r"expected 64 \(max_seq_length\)"):
+        make_pretraining_iterator(_config(data, max_seq_length=64), 6, seed=0)
+    truncated = tmp_path / "truncated.tfrecord"
+    first = open(data["files"].replace("*", "00000"), "rb").read()
+    truncated.write_bytes(first[:-7])
+    with pytest.raises(ValueError, match="truncated.tfrecord: truncated TFRecord at byte"):
+        make_pretraining_iterator(_config(data, input_files=str(truncated)), 6, seed=0)
+    with pytest.raises(FileNotFoundError, match="nothing-here"):
+        make_pretraining_iterator(_config(data, input_files=str(tmp_path / "nothing-here*")), 6, seed=0)
+
+
+def test_config_errors_are_clear(data):
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['shufle'\]"):
+        make_pretraining_iterator(dict(_config(data).items(), shufle=False), 6, seed=0)
+    with pytest.raises(ValueError, match="next_sentence_prediction=False"):
+        make_pretraining_iterator(_config(data, packing=True), 6, seed=0)
+    with pytest.raises(ValueError, match="dynamic_masking=True"):
+        make_pretraining_iterator(_config(data, masked_lm_prob=0.3), 6, seed=0)
+    with pytest.raises(ValueError, match="not divisible by process_count 4"):
+        make_pretraining_iterator(_config(data), 6, seed=0, process_index=0, process_count=4)
+
+
+def test_two_phase_files_are_found_by_max_seq_length(data):
+    root = data["root"]
+    _write(root / "seq32", data["examples"][:20], num_files=1)
+    _write(root / "seq64", _make_examples(20, length=64, predictions=10), num_files=1)
+    pattern = str(root / "seq{max_seq_length}" / "*.tfrecord")
+    phase1 = next(make_pretraining_iterator(_config(data, input_files=pattern), 4, seed=0))
+    phase2 = next(make_pretraining_iterator(_config(data, input_files=pattern, max_seq_length=64,
+                                                    max_predictions_per_seq=10), 4, seed=0))
+    assert phase1["input_ids"].shape == (4, 32) and phase2["input_ids"].shape == (4, 64)
+    assert phase2["masked_lm_ids"].shape == (4, 10)
+
+
+def test_synthetic_batches_have_the_real_keys_and_resume():
+    it = SyntheticBatchIterator(4, 32, 5, vocab_size=600, seed=1)
+    batches = _take(it, 3)
+    assert {k: (v.shape, v.dtype) for k, v in batches[0].items()} == {
+        "input_ids": ((4, 32), np.int32), "input_mask": ((4, 32), np.int32), "segment_ids": ((4, 32), np.int32),
+        "masked_lm_positions": ((4, 5), np.int32), "masked_lm_ids": ((4, 5), np.int32),
+        "masked_lm_weights": ((4, 5), np.float32), "next_sentence_labels": ((4,), np.int32)}
+    again = SyntheticBatchIterator(4, 32, 5, vocab_size=600, seed=1)
+    again.set_state(json.loads(json.dumps({"synthetic_step": 1, "seed": 1})))
+    _assert_same(_take(again, 2), batches[1:])
+    packed = next(SyntheticBatchIterator(2, 32, 5, packing=True))
+    assert packed["packed_segment_ids"].max() == 2 and packed["position_ids"][0, 16] == 0
