@@ -1,0 +1,84 @@
+"""Model FLOPs per token for BERT training, and the peak FLOP/s that MFU divides by.
+
+MFU = (tokens/s * training FLOPs per token) / (peak FLOP/s per device * devices), with the
+model FLOPs counted as in the PaLM/MaxText convention: matmuls only, 2 FLOPs per
+multiply-add, backward = 2x forward, no credit for rematerialisation.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Dense peak FLOP/s per device (bf16 unless noted) from the vendors' spec sheets, by
+# `device_kind` prefix. The CPU has no fixed number: it is measured (see `measure_matmul_peak`).
+PEAK_FLOPS_BY_DEVICE_KIND = {
+    "TPU v2": 45e12 / 2,  # per core: a v2 chip (2 cores) has 45 TFLOP/s
+    "TPU v3": 123e12 / 2,  # per core
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,  # v5e
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,
+    "TPU v6 lite": 918e12,  # Trillium / v6e
+    "TPU v6e": 918e12,
+    "NVIDIA A100": 312e12,
+    "NVIDIA H100": 989e12,  # SXM dense bf16
+    "NVIDIA H200": 989e12,
+}
+
+
+def training_flops_per_token(bert_config: Any, seq_len: int, num_predictions: int = 0,
+                             nsp: bool = False) -> float:
+    """Training FLOPs (forward + backward) per input position of a BERT encoder with heads.
+
+    Per layer and token, forward:
+      Q, K, V and attention output projections  4 * 2 * H * H
+      feed-forward (H -> I -> H)                 2 * 2 * H * I
+      attention scores QK^T and weights x V       2 * 2 * L * H   (bidirectional: all L keys)
+    MLM head, per masked prediction (`num_predictions` of them per sequence of length L):
+      transform dense 2 * H * H, tied decoder 2 * H * V          -> scaled by P / L per token
+    NSP (pooler dense 2 * H * H + classifier 2 * H * 2), once per sequence -> / L per token.
+    Training = 3 x forward (the backward pass costs two matmuls per forward matmul).
+    """
+    h, i = bert_config.hidden_size, bert_config.intermediate_size
+    v, n = bert_config.vocab_size, bert_config.num_hidden_layers
+    per_layer = 8 * h * h + 4 * h * i + 4 * seq_len * h
+    forward = n * per_layer
+    forward += num_predictions / seq_len * (2 * h * h + 2 * h * v)
+    if nsp:
+        forward += (2 * h * h + 4 * h) / seq_len
+    return 3.0 * forward
+
+
+def measure_matmul_peak(size: int = 1024, repeats: int = 5) -> float:
+    """Sustained float32 matmul FLOP/s of one device, measured with an XLA [size x size] matmul.
+
+    For devices without a spec-sheet number (CPUs): MFU then reads as "fraction of what XLA's
+    own best kernel reaches here"."""
+    device = jax.local_devices()[0]
+    a = jax.device_put(jnp.asarray(np.random.default_rng(0).normal(size=(size, size)), jnp.float32), device)
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size ** 3 / best
+
+
+def peak_flops_per_device(configured: float = 0.0) -> tuple[float, str]:
+    """(peak FLOP/s per device, where it came from): the config value when > 0, else the
+    device-kind table, else a measured float32 matmul peak."""
+    if configured and configured > 0:
+        return float(configured), "config"
+    kind = jax.devices()[0].device_kind
+    for prefix, value in PEAK_FLOPS_BY_DEVICE_KIND.items():
+        if kind.startswith(prefix):
+            return value, f"table:{prefix}"
+    return measure_matmul_peak(), f"measured:{kind} float32 matmul"

@@ -1,0 +1,132 @@
+"""Run checkpoints (orbax CheckpointManager): save, keep, find and restore a training run's state.
+
+A checkpoint at step N holds
+  state     the TrainState pytree (params, optimizer state, step, RNG, non-finite counters),
+            saved sharded and restored onto the shardings the caller asks for;
+  iterator  the input pipeline's `get_state()` of every process (JSON), so the batches after a
+            restore are exactly those an uninterrupted run would have seen;
+  meta      step and a few facts about the run (JSON, written by process 0).
+orbax writes into a temporary directory and renames it when complete, so `latest_step()` never
+returns a half-written checkpoint: a run killed mid-save resumes from the previous one.
+
+Config fields (`config.checkpoint`): every_steps, keep (last K), keep_best, async_save.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def gather_process_states(local_state: Mapping[str, Any]) -> list[dict]:
+    """The iterator state of every process, in process order (each process passes its own)."""
+    if jax.process_count() == 1:
+        return [dict(local_state)]
+    from jax.experimental import multihost_utils
+    encoded = np.frombuffer(json.dumps(local_state).encode("utf-8"), np.uint8)
+    lengths = multihost_utils.process_allgather(np.array([encoded.size], np.int32))
+    padded = np.zeros(int(lengths.max()), np.uint8)
+    padded[:encoded.size] = encoded
+    everyone = multihost_utils.process_allgather(padded)
+    return [json.loads(bytes(everyone[p, :int(lengths[p, 0])]).decode("utf-8"))
+            for p in range(jax.process_count())]
+
+
+class RunCheckpointer:
+    def __init__(self, workdir: str | pathlib.Path, checkpoint_config: Mapping[str, Any],
+                 main_metric: str | None = None, higher_is_better: bool = True):
+        cfg = checkpoint_config
+        self.directory = pathlib.Path(workdir).resolve() / CHECKPOINT_DIR
+        self.every_steps = int(cfg["every_steps"])
+        if self.every_steps <= 0:
+            raise ValueError(f"config.checkpoint.every_steps: expected > 0, found {self.every_steps}")
+        keep = int(cfg["keep"])
+        if keep < 1:
+            raise ValueError(f"config.checkpoint.keep: expected >= 1, found {keep}")
+        self.main_metric = main_metric
+        policies = [ocp.checkpoint_managers.LatestN(n=keep)]
+        if cfg["keep_best"] and main_metric:
+            # BestN sorts ascending and keeps the last n: reverse for lower-is-better metrics.
+            policies.append(ocp.checkpoint_managers.BestN(
+                get_metric_fn=lambda metrics: metrics[main_metric], reverse=not higher_is_better, n=1,
+                keep_checkpoints_without_metrics=False))
+        options = ocp.CheckpointManagerOptions(
+            save_interval_steps=self.every_steps,
+            enable_async_checkpointing=bool(cfg["async_save"]),
+            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+            create=True,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        """The newest complete checkpoint (orbax ignores unfinished temporary directories)."""
+        return self.manager.latest_step()
+
+    def should_save(self, step: int) -> bool:
+        return self.manager.should_save(step)
+
+    def save(self, step: int, state: Any, iterator_state: Mapping[str, Any], meta: Mapping[str, Any],
+             metrics: Mapping[str, float] | None = None, force: bool = False) -> bool:
+        """Starts an (async) save; the state's arrays are copied off the devices before it returns,
+        so the caller may donate them to the next step."""
+        iterator_states = gather_process_states(iterator_state)
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            iterator=ocp.args.JsonSave({"process_states": iterator_states}),
+            meta=ocp.args.JsonSave(dict(meta)),
+        )
+        metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
+        return self.manager.save(step, args=args, metrics=metrics, force=force)
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
+        """(state on the shardings of `abstract_state`, this process's iterator state, meta)."""
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            iterator=ocp.args.JsonRestore(),
+            meta=ocp.args.JsonRestore(),
+        ))
+        states = restored["iterator"]["process_states"]
+        if len(states) != jax.process_count():
+            raise ValueError(
+                f"{self.directory / str(step)}: the checkpoint holds the input state of {len(states)} "
+                f"processes but this run has {jax.process_count()}; resume with the same number of hosts")
+        return restored["state"], states[jax.process_index()], restored["meta"]
+
+    def best_step(self) -> int | None:
+        if not self.main_metric:
+            return None
+        return self.manager.best_step()
+
+    def wait_until_finished(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def restore_params(directory: str | pathlib.Path, step: int | None = None) -> tuple[Any, int]:
+    """Only the params of a run checkpoint (host numpy arrays), for `init_from=<workdir>`.
+
+    `directory` is a run's workdir or its `checkpoints/` folder; `step` defaults to the newest.
+    """
+    directory = pathlib.Path(directory).resolve()
+    if (directory / CHECKPOINT_DIR).is_dir():
+        directory = directory / CHECKPOINT_DIR
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"{directory}: no complete checkpoint to take params from")
+    # Restore the state item as host numpy arrays without needing its exact structure.
+    metadata = manager.item_metadata(step)["state"]
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
+    state = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(item=None, restore_args=restore_args)))["state"]
+    manager.close()
+    return state["params"], step

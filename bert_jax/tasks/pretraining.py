@@ -1,0 +1,194 @@
+"""BERT pretraining as a Task: masked-LM loss over the weighted masked positions plus NSP.
+
+Losses and softmax run in float32 whatever the compute dtype (flax#677: a bf16 log_softmax
+collapses). As in google-research/bert `run_pretraining.py`:
+  mlm_loss = sum_p w_p * -log p(masked_lm_ids_p) / (sum_p w_p + 1e-5)
+  nsp_loss = mean over examples of -log p(next_sentence_label)
+  loss     = mlm_loss + nsp_loss   (nsp_loss left out when config.task.nsp is False, RoBERTa-style)
+
+Config fields (`config.task`): name="pretraining", nsp=True, synthetic_data=False (random
+token batches, for benchmarks and trainer tests), max_predictions_per_seq=20 and seq_len=128
+(synthetic data only), num_eval_batches (eval batches taken from the held-out data).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+
+from bert_jax.tasks.base import Task
+
+# Google's TFRecord feature names -> the model's argument names.
+_MODEL_INPUTS = {
+    "input_ids": "input_ids",
+    "segment_ids": "token_type_ids",
+    "input_mask": "attention_mask",
+    "position_ids": "position_ids",
+    "packed_segment_ids": "packed_segment_ids",
+}
+
+
+def model_inputs(batch) -> dict[str, Any]:
+    return {arg: batch[name] for name, arg in _MODEL_INPUTS.items() if name in batch}
+
+
+def pretraining_statistics(outputs, batch, nsp: bool) -> dict[str, Any]:
+    """Per-example sums ([batch] float32 arrays) from which losses and accuracies follow."""
+    import jax
+    import jax.numpy as jnp
+
+    logits = outputs["mlm_logits"].astype(jnp.float32)  # [batch, P, vocab]
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    ids = batch["masked_lm_ids"].astype(jnp.int32)  # [batch, P]
+    weights = batch["masked_lm_weights"].astype(jnp.float32)  # [batch, P]
+    nll = -jnp.take_along_axis(log_probs, ids[..., None], axis=-1)[..., 0]
+    correct = (jnp.argmax(logits, axis=-1) == ids).astype(jnp.float32)
+    stats = {
+        "mlm_nll_sum": (nll * weights).sum(-1),
+        "mlm_correct_sum": (correct * weights).sum(-1),
+        "mlm_weight_sum": weights.sum(-1),
+    }
+    if nsp:
+        nsp_logits = outputs["nsp_logits"].astype(jnp.float32)  # [batch, 2]
+        labels = batch["next_sentence_labels"].astype(jnp.int32).reshape(-1)
+        nsp_log_probs = jax.nn.log_softmax(nsp_logits, axis=-1)
+        stats["nsp_nll"] = -jnp.take_along_axis(nsp_log_probs, labels[:, None], axis=-1)[:, 0]
+        stats["nsp_correct"] = (jnp.argmax(nsp_logits, axis=-1) == labels).astype(jnp.float32)
+    return stats
+
+
+def losses_from_statistics(stats, example_weight, xp) -> dict[str, Any]:
+    """Losses and accuracies from `pretraining_statistics` (xp = jax.numpy or numpy)."""
+    w = example_weight
+    mlm_weight = (stats["mlm_weight_sum"] * w).sum()
+    out = {
+        "mlm_loss": (stats["mlm_nll_sum"] * w).sum() / (mlm_weight + 1e-5),
+        "mlm_accuracy": (stats["mlm_correct_sum"] * w).sum() / (mlm_weight + 1e-5),
+    }
+    loss = out["mlm_loss"]
+    if "nsp_nll" in stats:
+        examples = xp.maximum(w.sum(), 1.0)
+        out["nsp_loss"] = (stats["nsp_nll"] * w).sum() / examples
+        out["nsp_accuracy"] = (stats["nsp_correct"] * w).sum() / examples
+        loss = loss + out["nsp_loss"]
+    out["loss"] = loss
+    return out
+
+
+class SyntheticPretrainingIterator:
+    """Random-token pretraining batches with Google's features; deterministic per (seed, step).
+
+    Every process computes the same global batch and keeps its own rows, so the data are the
+    same for any number of processes. `max_predictions` distinct masked positions per sequence
+    (Google's default: 20 for seq 128), none on [CLS] (position 0)."""
+
+    def __init__(self, batch_size: int, seq_len: int, vocab_size: int, max_predictions: int, seed: int,
+                 process_index: int = 0, process_count: int = 1):
+        if batch_size % process_count:
+            raise ValueError(f"batch_size {batch_size} is not divisible by process_count {process_count}")
+        if not 0 < max_predictions < seq_len:
+            raise ValueError(f"max_predictions_per_seq: expected in [1, {seq_len - 1}], found {max_predictions}")
+        self.batch_size, self.seq_len, self.vocab_size = batch_size, seq_len, vocab_size
+        self.max_predictions, self.seed = max_predictions, seed
+        per_process = batch_size // process_count
+        self.rows = slice(process_index * per_process, (process_index + 1) * per_process)
+        self.step = 0
+
+    def global_batch(self, step: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([self.seed, step])
+        b, l, p = self.batch_size, self.seq_len, self.max_predictions
+        positions = np.sort(np.argsort(rng.random((b, l - 1)), axis=1)[:, :p] + 1, axis=1)
+        return {
+            "input_ids": rng.integers(0, self.vocab_size, (b, l), dtype=np.int32),
+            "input_mask": np.ones((b, l), np.int32),
+            "segment_ids": (np.arange(l)[None, :] >= l // 2).astype(np.int32).repeat(b, 0),
+            "masked_lm_positions": positions.astype(np.int32),
+            "masked_lm_ids": rng.integers(0, self.vocab_size, (b, p), dtype=np.int32),
+            "masked_lm_weights": np.ones((b, p), np.float32),
+            "next_sentence_labels": rng.integers(0, 2, (b,), dtype=np.int32),
+        }
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = self.global_batch(self.step)
+        self.step += 1
+        return {k: v[self.rows] for k, v in batch.items()}
+
+    def get_state(self) -> dict:
+        return {"step": self.step, "seed": self.seed}
+
+    def set_state(self, state: dict) -> None:
+        if state["seed"] != self.seed:
+            raise ValueError(f"iterator state is for seed {state['seed']}, this run has seed {self.seed}")
+        self.step = int(state["step"])
+
+
+class PretrainingTask(Task):
+    main_metric = "mlm_accuracy"
+    higher_is_better = True
+
+    def __init__(self, config):
+        self.config = config
+        self.nsp = bool(config.task.nsp)
+
+    def make_model(self, bert_config):
+        from bert_jax.modeling.models import BertForPreTraining
+        self.bert_config = bert_config
+        return BertForPreTraining(bert_config)
+
+    def _synthetic(self, batch_size, seed, process_index=0, process_count=1):
+        task = self.config.task
+        return SyntheticPretrainingIterator(batch_size, int(task.seq_len), int(self.config.model.vocab_size),
+                                            int(task.max_predictions_per_seq), seed, process_index, process_count)
+
+    def train_iterator(self, batch_size, seed, process_index=0, process_count=1):
+        if self.config.task.synthetic_data:
+            return self._synthetic(batch_size, seed, process_index, process_count)
+        from data_pipelines import input_pipeline
+        return input_pipeline.make_pretraining_iterator(
+            self.config.data, batch_size, seed, process_index, process_count)
+
+    def eval_batches(self, batch_size) -> Iterable[dict]:
+        count = int(self.config.task.num_eval_batches)
+        if self.config.task.synthetic_data:
+            # A seed no training run uses: the held-out batches differ from every training batch.
+            iterator = self._synthetic(batch_size, seed=2**31 - 1)
+        else:
+            from data_pipelines import input_pipeline
+            iterator = input_pipeline.make_pretraining_iterator(
+                self.config.data, batch_size, int(self.config.seed), 0, 1, split="eval")
+        batches = []
+        for _ in range(count):
+            batch = next(iterator)
+            batch.setdefault("example_weight", np.ones(batch["input_ids"].shape[0], np.float32))
+            batches.append(batch)
+        return batches
+
+    def _outputs(self, model, params, batch, deterministic, dropout_rng=None):
+        rngs = None if deterministic else {"dropout": dropout_rng}
+        return model.apply({"params": params}, **model_inputs(batch), deterministic=deterministic,
+                           masked_positions=batch["masked_lm_positions"], rngs=rngs)
+
+    def loss_and_metrics(self, model, params, batch, dropout_rng):
+        import jax.numpy as jnp
+        outputs = self._outputs(model, params, batch, deterministic=False, dropout_rng=dropout_rng)
+        stats = pretraining_statistics(outputs, batch, self.nsp)
+        weight = batch.get("example_weight", jnp.ones(batch["input_ids"].shape[0], jnp.float32))
+        metrics = losses_from_statistics(stats, weight, jnp)
+        return metrics["loss"], metrics
+
+    def predict(self, model, params, batch):
+        outputs = self._outputs(model, params, batch, deterministic=True)
+        return pretraining_statistics(outputs, batch, self.nsp)
+
+    def evaluate(self, predictions, batches) -> dict[str, float]:
+        stats = {k: np.concatenate([p[k] for p in predictions]) for k in predictions[0]}
+        weight = np.concatenate([b["example_weight"] for b in batches]).astype(np.float64)
+        return {k: float(v) for k, v in losses_from_statistics(stats, weight, np).items()}
+
+
+def make_pretraining_task(config) -> PretrainingTask:
+    return PretrainingTask(config)

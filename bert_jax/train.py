@@ -1,0 +1,506 @@
+"""The generic training loop: any Task (pretraining or fine-tuning) on any mesh, one or many hosts.
+
+    results = train_and_evaluate(config, workdir)
+
+- The mesh and the logical-axis rules come from `config.mesh`; params and optimizer state are
+  created directly on their shardings; the train step is one `jax.jit` with in/out shardings and
+  a donated state. One jit step = one optimizer update (micro-batches are a scan inside it).
+- A workdir that holds a checkpoint resumes from the newest complete one (params, optimizer,
+  step, RNG, input position), with no flag. `config.init_from` instead warm-starts the weights of
+  a fresh run from a pretrained model (google-research/bert#632: not the same as resuming).
+- SIGTERM saves a checkpoint at the current step and returns (exit code 0 from main).
+- A non-finite loss or gradient norm never reaches the params; `config.train.nonfinite_policy`
+  says whether the run halts ("halt") or skips that update and counts it ("skip").
+- Outputs in the workdir: metrics.jsonl, tensorboard/, checkpoints/, results.json at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import pathlib
+import signal
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import linen as nn
+from jax.sharding import NamedSharding, PartitionSpec
+
+from bert_jax import flops as flops_lib
+from bert_jax import optim, sharding
+from bert_jax.metrics_logging import MetricsWriter, ProgressBar
+from bert_jax.run_checkpoints import RunCheckpointer
+
+log = logging.getLogger("bert_jax.train")
+
+RESULTS_FILE = "results.json"
+NONFINITE_POLICIES = ("halt", "skip")
+# Every model in bert_jax.modeling accepts input_ids alone; param shapes do not depend on length.
+_INIT_INPUT_SHAPE = (1, 8)
+
+
+class NonFiniteError(FloatingPointError):
+    pass
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # [] int32: optimizer updates done (skipped non-finite updates included)
+    params: Any
+    opt_state: Any
+    rng: jax.Array  # [2] uint32: the run's base key; step s uses fold_in(rng, s)
+    nonfinite_steps: jax.Array  # [] int32: updates skipped because loss or grad norm was not finite
+    first_nonfinite_step: jax.Array  # [] int32: 1-based step of the first one, -1 if none
+
+
+# --------------------------------------------------------------------------- distributed setup
+
+
+def maybe_initialize_distributed(distributed_config) -> None:
+    """`jax.distributed.initialize()` when the config or $BERT_JAX_DISTRIBUTED asks for it.
+
+    Empty fields are left to JAX's auto-detection (TPU pods, SLURM, ...). Must run before
+    anything touches a device."""
+    cfg = distributed_config
+    if not (cfg.initialize or os.environ.get("BERT_JAX_DISTRIBUTED") == "1"):
+        return
+    kwargs = {}
+    if cfg.coordinator_address:
+        kwargs["coordinator_address"] = cfg.coordinator_address
+    if cfg.num_processes > 0:
+        kwargs["num_processes"] = int(cfg.num_processes)
+    if cfg.process_id >= 0:
+        kwargs["process_id"] = int(cfg.process_id)
+    if cfg.cpu_collectives:
+        # CPU processes need a collectives backend to run cross-process all-reduces.
+        jax.config.update("jax_cpu_collectives_implementation", cfg.cpu_collectives)
+    jax.distributed.initialize(**kwargs)
+
+
+# --------------------------------------------------------------------------- init and init_from
+
+
+def _flat(tree) -> dict[str, Any]:
+    return {optim.param_path(p): v for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def merge_pretrained(fresh: Any, loaded: Any, source: str) -> tuple[Any, list[str], list[str]]:
+    """The fresh params with every leaf that `loaded` also has replaced by the loaded value.
+
+    Returns (params, loaded names, names left at their fresh init (new heads)). A loaded leaf
+    whose shape differs is an error; loaded leaves the model does not have (e.g. `cls/` when
+    fine-tuning) are ignored."""
+    from bert_jax.modeling.encoder import stack_layers, unstack_layers
+
+    fresh_flat = _flat(fresh)
+    if any("/encoder/layers/" in k for k in fresh_flat):
+        loaded = stack_layers(loaded)
+    else:
+        loaded = unstack_layers(loaded)
+    loaded_flat = _flat(loaded)
+    used, new = [], []
+    mismatches = []
+    for name, value in fresh_flat.items():
+        if name in loaded_flat:
+            found = np.shape(loaded_flat[name])
+            if tuple(found) != tuple(value.shape):
+                mismatches.append(f"{name}: model expects {tuple(value.shape)}, {source} has {tuple(found)}")
+            used.append(name)
+        else:
+            new.append(name)
+    if mismatches:
+        raise ValueError(f"init_from={source}: parameter shapes do not fit the model config:\n  "
+                         + "\n  ".join(mismatches))
+    if not any(name.startswith("bert/") for name in used):
+        raise ValueError(f"init_from={source}: none of the model's bert/ parameters are in the checkpoint "
+                         f"(it has {sorted(loaded_flat)[:5]}...)")
+    paths_and_leaves = jax.tree_util.tree_leaves_with_path(fresh)
+    leaves = [np.asarray(loaded_flat[optim.param_path(p)], dtype=v.dtype) if optim.param_path(p) in loaded_flat
+              else v for p, v in paths_and_leaves]
+    merged = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(fresh), leaves)
+    return merged, used, new
+
+
+def load_init_from(path: str) -> Any:
+    """Params from a pretrained model: a bert_jax run workdir (its newest checkpoint) or anything
+    `bert_jax.checkpoints.load_pretrained` reads (Hugging Face, Google TF, bert_jax format)."""
+    from bert_jax import run_checkpoints
+    p = pathlib.Path(path)
+    if (p / run_checkpoints.CHECKPOINT_DIR).is_dir():
+        params, step = run_checkpoints.restore_params(p)
+        log.info("init_from: params of step %d of the run in %s", step, p)
+        return params
+    from bert_jax.checkpoints import load_pretrained
+    _, params = load_pretrained(path)
+    return params
+
+
+# --------------------------------------------------------------------------- the steps
+
+
+def _validate(config) -> None:
+    t = config.train
+    if t.nonfinite_policy not in NONFINITE_POLICIES:
+        raise ValueError(f"config.train.nonfinite_policy: expected one of {NONFINITE_POLICIES}, "
+                         f"found {t.nonfinite_policy!r}")
+    for name in ("batch_size", "num_steps", "grad_accum_steps", "log_every", "eval_batch_size"):
+        if int(t[name]) < 1:
+            raise ValueError(f"config.train.{name}: expected >= 1, found {t[name]}")
+    if t.batch_size % t.grad_accum_steps:
+        raise ValueError(f"config.train.batch_size={t.batch_size} is not divisible by "
+                         f"grad_accum_steps={t.grad_accum_steps}")
+
+
+def make_train_step(task, model, tx, schedule: Callable, grad_accum_steps: int, mesh) -> Callable:
+    """(state, batch) -> (state, metrics); the whole global batch, one optimizer update."""
+
+    def loss_fn(params, batch, rng):
+        loss, metrics = task.loss_and_metrics(model, params, batch, rng)
+        return loss.astype(jnp.float32), metrics
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def train_step(state: TrainState, batch):
+        step_rng = jax.random.fold_in(state.rng, state.step)
+        if grad_accum_steps == 1:
+            (loss, metrics), grads = grad_fn(state.params, batch, step_rng)
+        else:
+            k = grad_accum_steps
+            # [B, ...] -> [k, B/k, ...] taking rows i, i+k, ...: every device keeps its own rows
+            # in every micro-batch (a plain reshape would put micro-batch 0 on a few devices).
+            micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), batch)
+            micro = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(
+                x, NamedSharding(mesh, PartitionSpec(None, sharding.BATCH_AXES))), micro)
+
+            def accumulate(carry, xs):
+                index, micro_batch = xs
+                (l, m), g = grad_fn(state.params, micro_batch, jax.random.fold_in(step_rng, index))
+                return jax.tree.map(jnp.add, carry, (l, m, g)), None
+
+            first = jax.tree.map(lambda x: x[0], micro)
+            metrics_shape = jax.eval_shape(lambda: loss_fn(state.params, first, step_rng))[1]
+            zeros = (jnp.zeros((), jnp.float32),
+                     jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape),
+                     jax.tree.map(jnp.zeros_like, state.params))
+            (loss, metrics, grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(k), micro))
+            loss, metrics, grads = jax.tree.map(lambda x: x / k, (loss, metrics, grads))
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        keep_if_finite = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        next_step = state.step + 1
+        new_state = state.replace(
+            step=next_step,
+            params=keep_if_finite(new_params, state.params),
+            opt_state=keep_if_finite(new_opt_state, state.opt_state),
+            nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
+            first_nonfinite_step=jnp.where((state.first_nonfinite_step < 0) & ~finite, next_step,
+                                           state.first_nonfinite_step),
+        )
+        metrics = {**metrics, "loss": loss, "grad_norm": grad_norm,
+                   "learning_rate": schedule(state.step), "update_skipped": (~finite).astype(jnp.float32)}
+        return new_state, metrics
+
+    return train_step
+
+
+def _unbox(tree):
+    """The arrays of a tree of flax metadata boxes, without applying sharding constraints."""
+    is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
+    return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree, is_leaf=is_box)
+
+
+def _all_finite(params) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class _SigtermFlag:
+    """Set by SIGTERM; the loop checks it after every step (one host: a flag is enough)."""
+
+    def __init__(self):
+        self.raised = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: no handler, no preemption support
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        log.warning("SIGTERM: saving a checkpoint at the end of this step, then exiting")
+        self.raised = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _preempted(flag: _SigtermFlag, step: int) -> bool:
+    if jax.process_count() == 1:
+        return flag.raised
+    # Every host must agree on the step to save at: the coordination service's preemption
+    # notice (it listens for SIGTERM on each host) gives one answer to all of them.
+    from jax.experimental import multihost_utils
+    return flag.raised or multihost_utils.reached_preemption_sync_point(step)
+
+
+def _process_rows(batch: dict, process_index: int, process_count: int) -> dict:
+    """This process's rows of a global batch."""
+    n = next(iter(batch.values())).shape[0]
+    if n % process_count:
+        raise ValueError(f"eval batch of {n} rows is not divisible by {process_count} processes")
+    per = n // process_count
+    return {k: v[process_index * per:(process_index + 1) * per] for k, v in batch.items()}
+
+
+def train_and_evaluate(config, workdir: str | os.PathLike, task=None) -> dict:
+    """Trains `config.task` (or the given task object) in `workdir`; returns the results dict."""
+    from bert_jax.config import BertConfig
+    from bert_jax.tasks import make_task
+
+    _validate(config)
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    process_index, process_count = jax.process_index(), jax.process_count()
+    is_main = process_index == 0
+    tc = config.train
+
+    task = make_task(config) if task is None else task
+    bert_config = BertConfig(**config.model.to_dict())
+    model = task.make_model(bert_config)
+    mesh = sharding.make_mesh(config.mesh)
+    rules = sharding.axis_rules(config.mesh.rules)
+    dp = sharding.data_parallel_size(mesh)
+    micro_batch = tc.batch_size // tc.grad_accum_steps
+    if micro_batch % dp:
+        raise ValueError(f"config.train.batch_size / grad_accum_steps = {micro_batch} is not divisible by the "
+                         f"{dp} data-parallel devices (mesh data x fsdp)")
+    total_steps = int(tc.num_steps)
+    tx = optim.make_optimizer(config.optimizer, total_steps)
+    schedule = optim.learning_rate_schedule(float(config.optimizer.learning_rate),
+                                            int(config.optimizer.warmup_steps), total_steps)
+    writer = MetricsWriter(workdir, enabled=is_main, tensorboard=bool(config.logging.tensorboard))
+    checkpointer = RunCheckpointer(workdir, config.checkpoint, task.main_metric,
+                                   getattr(task, "higher_is_better", True))
+
+    # The logical rules shard params, optimizer state and batches explicitly (in/out shardings);
+    # activations follow by XLA's sharding propagation. The rules are deliberately NOT installed as
+    # a context: with them, flax's DenseGeneral applies a boxed 3-axis kernel's constraint to its
+    # flat 2-D init (flax re-runs param inits under eval_shape even in apply) and tracing fails.
+    with jax.set_mesh(mesh):
+        # ---- shardings from the logically annotated abstract init
+        def init_boxed_params(key):
+            return model.init({"params": key, "dropout": key}, jnp.zeros(_INIT_INPUT_SHAPE, jnp.int32),
+                              deterministic=True)["params"]
+
+        base_key = jax.random.PRNGKey(int(config.seed))
+        init_key, dropout_key = jax.random.split(base_key)
+        abstract_boxed = jax.eval_shape(init_boxed_params, init_key)
+        param_shardings = sharding.logical_shardings(abstract_boxed, mesh, rules)
+        abstract_params = _unbox(abstract_boxed)
+        replicated = sharding.replicated(mesh)
+        state_shardings = TrainState(
+            step=replicated, params=param_shardings,
+            opt_state=sharding.opt_state_shardings(tx, abstract_params, param_shardings, mesh),
+            rng=replicated, nonfinite_steps=replicated, first_nonfinite_step=replicated)
+        abstract_state = jax.eval_shape(lambda: TrainState(
+            step=jnp.zeros((), jnp.int32), params=abstract_params, opt_state=tx.init(abstract_params),
+            rng=dropout_key, nonfinite_steps=jnp.zeros((), jnp.int32),
+            first_nonfinite_step=jnp.zeros((), jnp.int32)))
+        abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                      abstract_state, state_shardings)
+
+        train_iter = task.train_iterator(int(tc.batch_size), int(config.seed), process_index, process_count)
+        latest = checkpointer.latest_step()
+        meta: dict = {}
+        if latest is not None:
+            # ---- resume: everything from the newest complete checkpoint
+            state, iterator_state, meta = checkpointer.restore(latest, abstract_state)
+            train_iter.set_state(iterator_state)
+            log.info("resumed from %s at step %d", checkpointer.directory / str(latest), latest)
+        else:
+            params = jax.jit(lambda k: _unbox(init_boxed_params(k)), out_shardings=param_shardings)(init_key)
+            if config.init_from:
+                loaded = load_init_from(config.init_from)
+                merged, used, new = merge_pretrained(jax.device_get(params), loaded, config.init_from)
+                params = jax.device_put(merged, param_shardings)
+                log.info("init_from %s: %d tensors loaded, %d new (%s)", config.init_from, len(used), len(new),
+                         ", ".join(new[:8]))
+            opt_state = jax.jit(tx.init, out_shardings=state_shardings.opt_state)(params)
+            state = TrainState(
+                step=jax.device_put(jnp.zeros((), jnp.int32), replicated), params=params, opt_state=opt_state,
+                rng=jax.device_put(dropout_key, replicated),
+                nonfinite_steps=jax.device_put(jnp.zeros((), jnp.int32), replicated),
+                first_nonfinite_step=jax.device_put(jnp.full((), -1, jnp.int32), replicated))
+
+        batch_shard = sharding.batch_sharding(mesh, 1)  # a prefix: dim 0 split, the rest replicated
+        train_step = jax.jit(make_train_step(task, model, tx, schedule, int(tc.grad_accum_steps), mesh),
+                             in_shardings=(state_shardings, batch_shard),
+                             out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+        predict_step = jax.jit(lambda params, batch: task.predict(model, params, batch),
+                               in_shardings=(param_shardings, batch_shard), out_shardings=replicated)
+        params_finite = jax.jit(_all_finite)
+
+        step = int(jax.device_get(state.step))
+        best = meta.get("best") or {}
+        eval_metrics: dict = meta.get("last_eval") or {}
+        peak, peak_source = flops_lib.peak_flops_per_device(float(config.logging.peak_flops_per_device))
+        flops_per_token = None
+        bar = ProgressBar(total_steps, step, enabled=is_main and bool(config.logging.progress_bar))
+
+        def check_finite_policy():
+            first = int(jax.device_get(state.first_nonfinite_step))
+            if first >= 0 and tc.nonfinite_policy == "halt":
+                raise NonFiniteError(
+                    f"non-finite loss or gradient norm at step {first} (config.train.nonfinite_policy='halt'); "
+                    f"that update was not applied and no checkpoint after step {first - 1} was written. "
+                    f"Lower the learning rate, check the data, or set nonfinite_policy='skip'.")
+
+        def evaluate() -> dict:
+            predictions, batches = [], []
+            for global_batch in task.eval_batches(int(tc.eval_batch_size)):
+                local = _process_rows(global_batch, process_index, process_count)
+                out = predict_step(state.params, sharding.make_global_batch(local, mesh))
+                predictions.append(jax.tree.map(np.asarray, out))
+                batches.append(global_batch)
+            metrics = task.evaluate(predictions, batches)
+            if is_main and hasattr(task, "write_predictions"):
+                task.write_predictions(predictions, batches, workdir / "predictions")
+            return metrics
+
+        def save(metrics=None, force=False):
+            check_finite_policy()
+            if not bool(jax.device_get(params_finite(state.params))):
+                raise NonFiniteError(f"params are not finite at step {step}; refusing to write a checkpoint")
+            meta_out = {"step": step, "best": best, "last_eval": eval_metrics, "process_count": process_count}
+            checkpointer.save(step, state, train_iter.get_state(), meta_out, metrics=metrics, force=force)
+
+        preempted = False
+        interval_start, interval_steps = time.perf_counter(), 0
+        with _SigtermFlag() as sigterm:
+            while step < total_steps:
+                batch = sharding.make_global_batch(next(train_iter), mesh)
+                state, metrics = train_step(state, batch)
+                step += 1
+                interval_steps += 1
+                if flops_per_token is None:
+                    seq_len = int(batch["input_ids"].shape[1])
+                    predictions = int(batch["masked_lm_positions"].shape[1]) if "masked_lm_positions" in batch else 0
+                    flops_per_token = flops_lib.training_flops_per_token(
+                        bert_config, seq_len, predictions, nsp="next_sentence_labels" in batch)
+                    tokens_per_step = int(tc.batch_size) * seq_len
+                if step % tc.log_every == 0 or step == total_steps:
+                    host_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    elapsed = time.perf_counter() - interval_start
+                    tokens_per_s = interval_steps * tokens_per_step / elapsed
+                    host_metrics.update(
+                        step_time_s=elapsed / interval_steps, tokens_per_s=tokens_per_s,
+                        mfu=tokens_per_s * flops_per_token / (peak * jax.device_count()),
+                        nonfinite_steps=int(jax.device_get(state.nonfinite_steps)))
+                    check_finite_policy()
+                    writer.write(step, "train", host_metrics)
+                    bar.update(step, {"loss": host_metrics["loss"]})
+                    if not bar._bar and is_main:
+                        log.info("step %d: %s", step, {k: round(v, 5) for k, v in host_metrics.items()})
+                    interval_start, interval_steps = time.perf_counter(), 0
+                evaluated = False
+                if tc.eval_every and step % tc.eval_every == 0 and step < total_steps:
+                    eval_metrics = evaluate()
+                    writer.write(step, "eval", eval_metrics)
+                    evaluated = True
+                    best = _update_best(best, eval_metrics, step, task)
+                    save(metrics=eval_metrics, force=True)
+                elif checkpointer.should_save(step) and step < total_steps:
+                    save()
+                if _preempted(sigterm, step):
+                    if not evaluated:
+                        save(force=True)
+                    preempted = True
+                    break
+        bar.close()
+
+        if not preempted:
+            check_finite_policy()
+            eval_metrics = evaluate()
+            writer.write(step, "eval", eval_metrics)
+            best = _update_best(best, eval_metrics, step, task)
+            if checkpointer.latest_step() != step:
+                save(metrics=eval_metrics, force=True)
+        checkpointer.wait_until_finished()
+        checkpointer.close()
+        writer.close()
+
+    results = {
+        "preempted": preempted,
+        "step": step,
+        "main_metric": task.main_metric,
+        "higher_is_better": getattr(task, "higher_is_better", True),
+        "final_metrics": eval_metrics,
+        "best_metrics": best.get("metrics", {}),
+        "best_step": best.get("step"),
+        "nonfinite_steps_skipped": int(jax.device_get(state.nonfinite_steps)),
+        "init_from": config.init_from or None,
+        "peak_flops_per_device": peak,
+        "peak_flops_source": peak_source,
+        "config": config.to_dict(),
+    }
+    if is_main and not preempted:
+        (workdir / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    return results
+
+
+def _update_best(best: dict, metrics: dict, step: int, task) -> dict:
+    name = task.main_metric
+    if name not in metrics or not math.isfinite(metrics[name]):
+        return best
+    higher = getattr(task, "higher_is_better", True)
+    old = best.get("metrics", {}).get(name)
+    if old is None or (metrics[name] > old if higher else metrics[name] < old):
+        return {"step": step, "metrics": dict(metrics)}
+    return best
+
+
+def default_config():
+    """Every field the trainer reads, at the BERT paper's values; experiments add model/task/data.
+
+    The returned ConfigDict is meant to be completed by an experiment file and then locked
+    (main.py locks it), so a misspelled override is an error."""
+    import ml_collections
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.init_from = ""  # a pretrained model (HF / Google TF / bert_jax dir or run workdir): weights only
+    c.train = ml_collections.ConfigDict(dict(
+        batch_size=256,  # global, in sequences
+        num_steps=1_000_000,
+        grad_accum_steps=1,  # micro-batches per optimizer update (a scan inside the jit step)
+        log_every=100,
+        eval_every=10_000,  # 0: only at the end
+        eval_batch_size=256,
+        nonfinite_policy="halt",  # "halt" | "skip"
+    ))
+    c.optimizer = optim.default_config()
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, rules="data_parallel"))
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=10_000, keep=3, keep_best=True, async_save=True))
+    c.logging = ml_collections.ConfigDict(dict(
+        tensorboard=True, progress_bar=True,
+        peak_flops_per_device=0.0,  # 0: the device-kind table, else a measured matmul peak
+    ))
+    c.distributed = ml_collections.ConfigDict(dict(
+        initialize=False,  # or $BERT_JAX_DISTRIBUTED=1; empty fields -> JAX's auto-detection
+        coordinator_address="", num_processes=0, process_id=-1,
+        cpu_collectives="",  # "gloo" for multi-process CPU runs
+    ))
+    return c

@@ -1,0 +1,65 @@
+"""BERT pretraining (Devlin et al. 2019), paper hyperparameters.
+
+    python -m bert_jax.main --config experiments/pretrain.py:base --workdir DIR
+    python -m bert_jax.main --config experiments/pretrain.py:base,phase2 --workdir DIR2 --config.init_from=DIR
+
+arg: a model preset (tiny, mini, small, medium, base, large), optionally followed by ",phase1"
+(default: seq 128, 90% of the 1M steps) or ",phase2" (seq 512, the last 10%, warm-started from
+phase 1 with `init_from`), and ",synthetic" (random-token batches: benchmarks, smoke tests).
+Paper values: batch 256, Adam lr 1e-4 with 10k warmup steps and linear decay, weight decay 0.01,
+dropout 0.1, 15% masking with at most 20 (seq 128) / 80 (seq 512) predictions, NSP on.
+"""
+
+import ml_collections
+
+from bert_jax.config import BertConfig, PRESETS
+from bert_jax.train import default_config
+
+TOTAL_STEPS = 1_000_000
+PHASES = {
+    # phase: (seq_len, max_predictions_per_seq, steps, warmup)
+    "phase1": (128, 20, 900_000, 10_000),
+    "phase2": (512, 80, 100_000, 10_000),
+}
+
+
+def get_config(arg: str = "base") -> ml_collections.ConfigDict:
+    parts = [p.strip() for p in arg.split(",") if p.strip()]
+    preset, options = parts[0], set(parts[1:])
+    if preset not in PRESETS:
+        raise ValueError(f"experiments/pretrain.py: unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+    unknown = options - set(PHASES) - {"synthetic"}
+    if unknown:
+        raise ValueError(f"experiments/pretrain.py: unknown options {sorted(unknown)}; "
+                         f"expected any of {sorted(PHASES)} and 'synthetic'")
+    phases = options & set(PHASES)
+    if len(phases) > 1:
+        raise ValueError("experiments/pretrain.py: give at most one of phase1, phase2")
+    seq_len, max_predictions, steps, warmup = PHASES[phases.pop() if phases else "phase1"]
+
+    config = default_config()
+    config.model = ml_collections.ConfigDict(BertConfig.preset(preset).to_dict())
+    config.task = ml_collections.ConfigDict(dict(
+        name="pretraining",
+        nsp=True,
+        synthetic_data="synthetic" in options,
+        seq_len=seq_len,  # synthetic data only; real data take theirs from config.data
+        max_predictions_per_seq=max_predictions,
+        num_eval_batches=20,
+    ))
+    config.data = ml_collections.ConfigDict()  # filled by data_pipelines' defaults below
+    _add_data_config(config, seq_len, max_predictions)
+    config.train.num_steps = steps
+    config.optimizer.warmup_steps = warmup
+    return config
+
+
+def _add_data_config(config, seq_len: int, max_predictions: int) -> None:
+    try:
+        from data_pipelines.input_pipeline import default_data_config
+    except ImportError:  # the input pipeline is not installed: synthetic data only
+        return
+    config.data = default_data_config()
+    for name, value in (("max_seq_length", seq_len), ("max_predictions_per_seq", max_predictions)):
+        if name in config.data:
+            config.data[name] = value
