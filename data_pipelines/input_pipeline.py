@@ -294,7 +294,9 @@ class TFDSSource:
         pass
 
     def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        records = [self._source[int(i)] for i in indices]
+        keys = [int(i) for i in indices]
+        getitems = getattr(self._source, "__getitems__", None)  # one batched read from array_record
+        records = getitems(keys) if getitems else [self._source[i] for i in keys]
         out = {}
         for name, (expected, why) in self.lengths.items():
             values = []

@@ -359,3 +359,55 @@ def test_synthetic_batches_have_the_real_keys_and_resume():
     _assert_same(_take(again, 2), batches[1:])
     packed = next(SyntheticBatchIterator(2, 32, 5, packing=True))
     assert packed["packed_segment_ids"].max() == 2 and packed["position_ids"][0, 16] == 0
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(data, tmp_path_factory):
+    """The fixture examples as a TFDS dataset in array_record files (random access)."""
+    import tensorflow_datasets as tfds
+
+    examples = data["examples"]
+
+    class BertJaxTestPretraining(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            def tensor(n, dtype=np.int64):
+                return tfds.features.Tensor(shape=(n,), dtype=dtype)
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "input_ids": tensor(LENGTH), "input_mask": tensor(LENGTH), "segment_ids": tensor(LENGTH),
+                "masked_lm_positions": tensor(PREDICTIONS), "masked_lm_ids": tensor(PREDICTIONS),
+                "masked_lm_weights": tensor(PREDICTIONS, np.float32), "next_sentence_labels": tensor(1)}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            for r, example in enumerate(examples):
+                yield r, {k: np.asarray(v, np.float32 if k == "masked_lm_weights" else np.int64)
+                          for k, v in example.items() if k != "original_ids"}
+
+    directory = tmp_path_factory.mktemp("tfds")
+    BertJaxTestPretraining(data_dir=str(directory), file_format="array_record").download_and_prepare()
+    return str(directory)
+
+
+def test_tfds_dataset_by_name(data, tfds_dir):
+    config = _config(data, input_files="", tfds_name="bert_jax_test_pretraining", tfds_data_dir=tfds_dir)
+    batches = _take(make_pretraining_iterator(config, 6, seed=0), 18)
+    assert sorted(sum((_records(b) for b in batches[:15]), [])) == list(range(90))
+    for batch in batches[:3]:
+        for row, r in enumerate(_records(batch)):
+            for key in ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids"):
+                np.testing.assert_array_equal(batch[key][row], data["examples"][r][key])
+    interrupted = make_pretraining_iterator(config, 6, seed=0)
+    _take(interrupted, 12)
+    resumed = make_pretraining_iterator(config, 6, seed=0)
+    resumed.set_state(json.loads(json.dumps(interrupted.get_state())))
+    _assert_same(_take(resumed, 6), batches[12:18])
+    with pytest.raises(ValueError, match=r"feature 'input_ids' has 32 values, expected 64"):
+        make_pretraining_iterator(_config(data, input_files="", tfds_name="bert_jax_test_pretraining",
+                                          tfds_data_dir=tfds_dir, max_seq_length=64), 6, seed=0)
+    with pytest.raises(ValueError, match="no_such_dataset"):
+        make_pretraining_iterator(_config(data, input_files="", tfds_name="no_such_dataset",
+                                          tfds_data_dir=tfds_dir), 6, seed=0)
