@@ -311,6 +311,8 @@ def test_bad_records_are_named_by_file_record_and_feature(data, tmp_path):
                                                prefetch_batches=2), 5, seed=0)
         with pytest.raises(ValueError, match=message):
             next(it)
+        with pytest.raises(ValueError, match=message):  # the prefetch thread has stopped: same error
+            next(it)
     # Files of another phase are refused when the iterator is made, not steps later.
     with pytest.raises(ValueError, match=r"part-00000.tfrecord: record 0: feature 'input_ids' has 32 values, "
                                          r"expected 64 \(max_seq_length\)"):

@@ -162,6 +162,7 @@ def test_whole_word_masking_takes_whole_words_with_one_decision(corpus_rows, voc
                 now, before = out["input_ids"][r, word], row[word]
                 kinds = {"mask" if n == MASK else "kept" if n == b else "random" for n, b in zip(now, before)}
                 mixed_decisions += len(kinds) > 1
+    print(f"{how}: {multi_piece_words} multi-piece words masked, {mixed_decisions} with mixed outcomes")
     assert multi_piece_words > 300, multi_piece_words
     # Deciding per sub-token (Google's whole-word masking, google-research/bert#910) mixes the
     # outcome in ~1/3 of these words; one decision per word leaves only the 2-in-30522 chance that
