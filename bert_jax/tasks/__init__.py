@@ -10,6 +10,11 @@ import importlib
 
 TASKS = {
     "pretraining": "bert_jax.tasks.pretraining:make_pretraining_task",
+    "tsv": "bert_jax.tasks.tsv:from_config",
+    "glue": "bert_jax.tasks.glue:from_config",
+    "squad": "bert_jax.tasks.squad:from_config",
+    "ner": "bert_jax.tasks.ner:from_config",
+    "summarization": "bert_jax.tasks.summarization:from_config",
 }
 
 

@@ -150,13 +150,16 @@ def make_tsv_task(
     label_column: str = "label",
     column_names: str = "",
     task_type: str = "auto",
+    label_names: Sequence[str] | None = None,
     name: str = "tsv",
 ) -> classification.SequenceClassificationTask:
+    """`label_names` fixes the label order (else the sorted training labels are used)."""
     names = [n.strip() for n in column_names.split(",")] if column_names else None
     read = dict(text_a_column=text_a_column, text_b_column=text_b_column, label_column=label_column, column_names=names)
     train = read_examples(train_file, **read)
     evaluation = read_examples(eval_file, **read)
-    label_names = infer_labels([e.label for e in train], task_type)
+    if label_names is None or task_type == "regression":
+        label_names = infer_labels([e.label for e in train], task_type)
     if label_names is None:
         metric_fn, main_metric = classification.correlation_metrics, "pearson"
     elif len(label_names) == 2:
@@ -174,3 +177,28 @@ def make_tsv_task(
         metric_fn=metric_fn,
         main_metric=main_metric,
     )
+
+
+def from_config(config) -> classification.SequenceClassificationTask:
+    """The task of experiments/finetune_tsv.py (registry name "tsv")."""
+    from bert_jax.tasks import finetuning
+
+    tokenizer = finetuning.load_tokenizer(config)
+    t = config.task
+    task = make_tsv_task(
+        tokenizer=tokenizer,
+        train_file=finetuning.data_path(config.train_file, "train_file"),
+        eval_file=finetuning.data_path(config.eval_file, "eval_file"),
+        max_seq_length=int(config.max_seq_length),
+        text_a_column=t.text_a_column,
+        text_b_column=t.text_b_column,
+        label_column=t.label_column,
+        column_names=t.column_names,
+        task_type=t.task_type,
+        label_names=[x.strip() for x in t.labels.split(",")] if t.labels else None,
+    )
+    # Record the label order (or "regression") in the config, so results.json carries it.
+    t.labels = "" if task.label_names is None else ",".join(task.label_names)
+    t.task_type = "regression" if task.is_regression else "classification"
+    finetuning.resolve(config, tokenizer, task.num_train_examples)
+    return task
