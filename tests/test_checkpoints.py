@@ -290,6 +290,15 @@ def test_google_dir_without_bert_config(tmp_path):
     with pytest.raises(CheckpointError) as err:
         load_pretrained(tmp_path)
     assert str(tmp_path) in str(err.value) and "bert_config.json" in str(err.value)
+    # With a config, but a vocab.txt of the wrong size next to it:
+    BertConfig(**TINY).to_json_file(tmp_path / "bert_config.json", format="google")
+    write_vocab(tmp_path / "vocab.txt", 100)
+    with pytest.raises(ConfigError, match=r"vocab\.txt has 100 entries but BertConfig\.vocab_size is 99"):
+        load_pretrained(tmp_path)
+    # ... and with the right vocab, the one-variable checkpoint is named as incomplete.
+    write_vocab(tmp_path / "vocab.txt", 99)
+    with pytest.raises(CheckpointError, match=r"bert_model\.ckpt is missing .*\n.*bert/embeddings/word_embeddings"):
+        load_pretrained(tmp_path)
 
 
 def test_unknown_directory_lists_expected_layouts(tmp_path):
@@ -327,3 +336,29 @@ def test_convert_cli_subprocess_reports_errors(tmp_path, repo_root):
         capture_output=True, text=True, cwd=repo_root,
     )
     assert bad.returncode == 1 and "does not exist" in bad.stderr
+
+
+# ----------------------------------------------------------------- training run workdirs
+@pytest.mark.parametrize("scan_layers", [False, True], ids=["loop", "scan"])
+def test_run_workdir_loads_params_of_newest_checkpoint(scan_layers, tmp_path):
+    """A workdir written by the trainer's RunCheckpointer (orbax) + results.json's config.model."""
+    from bert_jax.run_checkpoints import RunCheckpointer
+
+    config = BertConfig(**TINY, scan_layers=scan_layers)
+    old, new = (init_params(BertForPreTraining(config.replace(scan_layers=False)), seed=s) for s in (1, 2))
+    checkpointer = RunCheckpointer(tmp_path, {"every_steps": 1, "keep": 2, "keep_best": False, "async_save": False})
+    for step, params in ((10, old), (20, new)):
+        stored = stack_layers(params) if scan_layers else params
+        state = {"params": stored, "step": np.int32(step), "opt_state": {"mu": stored}}
+        checkpointer.save(step, state, {"position": step}, {"step": step}, force=True)
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+    with pytest.raises(CheckpointError, match="no results.json"):
+        load_pretrained(tmp_path)
+    (tmp_path / "results.json").write_text(json.dumps({"config": {"model": config.to_dict()}}))
+    assert detect_format(tmp_path) == "run_workdir"
+    loaded_config, loaded = load_pretrained(tmp_path)
+    assert loaded_config == config
+    assert "layer_1" in loaded["bert"]["encoder"]  # always the unstacked layout
+    for k, v in flatten(new).items():
+        np.testing.assert_array_equal(flatten(loaded)[k], v, err_msg=k)

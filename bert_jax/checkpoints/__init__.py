@@ -18,21 +18,23 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from bert_jax.checkpoints import google_tf, hf, native, validation
+from bert_jax.checkpoints import google_tf, hf, native, run_workdir, validation
 from bert_jax.checkpoints.validation import CheckpointError, flatten, unflatten
 from bert_jax.config import BertConfig
 
-FORMATS = ("bert_jax", "hf", "google_tf")
+FORMATS = ("bert_jax", "hf", "google_tf", "run_workdir")
 
 __all__ = ["CheckpointError", "FORMATS", "detect_format", "load_pretrained", "save_pretrained"]
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """'bert_jax', 'hf' or 'google_tf' for a checkpoint directory (or a TF checkpoint prefix)."""
+    """'bert_jax', 'hf', 'google_tf' or 'run_workdir' for a directory (or a TF checkpoint prefix)."""
     path = os.fspath(path)
     if os.path.isdir(path):
         if native.is_native_dir(path):
             return "bert_jax"
+        if run_workdir.is_run_workdir(path):
+            return "run_workdir"
         if os.path.isfile(os.path.join(path, hf.CONFIG_FILE)):
             return "hf"  # hf.load names the missing weights file, if any
         if os.path.isfile(os.path.join(path, google_tf.CONFIG_FILE)) or glob.glob(os.path.join(path, "*.index")):
@@ -42,6 +44,7 @@ def detect_format(path: str | os.PathLike) -> str:
             f"  bert_jax:      {native.CONFIG_FILE} + {native.PARAMS_FILE}\n"
             f"  Hugging Face:  {hf.CONFIG_FILE} + {hf.SAFETENSORS_FILE} or {hf.TORCH_FILE}\n"
             f"  Google TF:     {google_tf.CONFIG_FILE} + {google_tf.DEFAULT_PREFIX}.index/.data-* (+ vocab.txt)\n"
+            f"  training run:  {run_workdir.CHECKPOINT_DIR}/ (orbax) + {run_workdir.RESULTS_FILE}\n"
             f"found: {sorted(os.listdir(path))}"
         )
     if google_tf.is_tf_checkpoint(path):
@@ -58,7 +61,8 @@ def load_pretrained(
 
     `path` is a Hugging Face directory (config.json + model.safetensors / pytorch_model.bin),
     a google-research/bert directory (bert_config.json + bert_model.ckpt.* + vocab.txt) or a
-    TF checkpoint prefix, or a bert_jax directory (save_pretrained(format="bert_jax")). When
+    TF checkpoint prefix, a bert_jax directory (save_pretrained(format="bert_jax")), or a
+    bert_jax training run's workdir (params of its newest checkpoint). When
     the directory has a vocab.txt, its size must equal config.vocab_size (check_vocab=False
     skips that). dtype=None keeps a bert_jax checkpoint's stored dtype.
     """
@@ -67,7 +71,7 @@ def load_pretrained(
     if fmt == "bert_jax":
         config, flat = native.load(path, dtype, check_vocab)
     else:
-        loader = hf.load if fmt == "hf" else google_tf.load
+        loader = {"hf": hf.load, "google_tf": google_tf.load, "run_workdir": run_workdir.load}[fmt]
         config, flat = loader(path, np.float32 if dtype is None else dtype, check_vocab)
     return config, unflatten(flat)
 
