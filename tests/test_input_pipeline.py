@@ -413,3 +413,65 @@ def test_tfds_dataset_by_name(data, tfds_dir):
     with pytest.raises(ValueError, match="no_such_dataset"):
         make_pretraining_iterator(_config(data, input_files="", tfds_name="no_such_dataset",
                                           tfds_data_dir=tfds_dir), 6, seed=0)
+
+
+@pytest.fixture(scope="module")
+def corpus_files(shared_data, tmp_path_factory):
+    """Real instances from the shared corpus, written by our create_pretraining_data command."""
+    from data_pipelines import create_pretraining_data
+
+    root = tmp_path_factory.mktemp("corpus")
+    with open(shared_data / "corpus" / "enwiki_sample.txt", encoding="utf-8") as f:
+        text = f.read(600_000)
+    (root / "input.txt").write_text(text[:text.rindex("\n\n")] + "\n", encoding="utf-8")
+    vocab = str(shared_data / "vocab" / "bert-base-uncased-vocab.txt")
+    common = ["--input_file", str(root / "input.txt"), "--vocab_file", vocab, "--dupe_factor", "1",
+              "--num_shards", "2", "--num_workers", "1", "--max_predictions_per_seq", "40"]
+    create_pretraining_data.main(common + ["--output_dir", str(root / "static")])
+    create_pretraining_data.main(common + ["--output_dir", str(root / "unmasked"), "--no_masking"])
+    return {"static": str(root / "static" / "*.tfrecord"), "unmasked": str(root / "unmasked" / "*.tfrecord"),
+            "vocab": vocab}
+
+
+def test_reads_create_pretraining_data_output(corpus_files):
+    from data_pipelines.tfrecord_io import read_pretraining_arrays
+
+    expected = read_pretraining_arrays(corpus_files["static"])
+    n = len(expected["input_ids"])
+    config = _config({"files": corpus_files["static"], "vocab": corpus_files["vocab"]}, max_seq_length=128,
+                     max_predictions_per_seq=40, shuffle=False)
+    it = make_pretraining_iterator(config, 50, seed=0)
+    rows = [next(it) for _ in range(n // 50)]
+    got = {k: np.concatenate([b[k] for b in rows]) for k in rows[0]}
+    # Unshuffled, the loader reads the files in name order, record by record.
+    for key, value in expected.items():
+        np.testing.assert_array_equal(got[key], value.reshape(n, -1)[:len(got[key])].squeeze(-1)
+                                      if key == "next_sentence_labels" else value[:len(got[key])], err_msg=key)
+
+
+@pytest.mark.parametrize("rate,count_specials", [(0.15, True), (0.30, False)])
+def test_dynamic_masking_statistics_on_corpus_instances(corpus_files, rate, count_specials):
+    """Masking at load time, measured on real instances (unmasked files) over two epochs."""
+    config = _config({"files": corpus_files["unmasked"], "vocab": corpus_files["vocab"]}, max_seq_length=128,
+                     max_predictions_per_seq=40, dynamic_masking=True, masked_lm_prob=rate,
+                     mask_count_includes_specials=count_specials)
+    it = make_pretraining_iterator(config, 64, seed=1)
+    n = it.num_examples
+    batches = [next(it) for _ in range(2 * n // 64)]
+    predictions = candidates = masked = kept = 0
+    for batch in batches:
+        original = input_pipeline.unmask(batch)
+        w = batch["masked_lm_weights"] > 0
+        rows, cols = np.nonzero(w)
+        positions = batch["masked_lm_positions"][rows, cols]
+        now, before = batch["input_ids"][rows, positions], original[rows, positions]
+        assert not np.isin(before, [0, 101, 102]).any()  # [PAD], [CLS], [SEP] never masked
+        predictions += w.sum()
+        candidates += (~np.isin(original, [0, 101, 102])).sum()
+        masked += (now == 103).sum()
+        kept += (now == before).sum()
+    print(f"p={rate} count_specials={count_specials}: {n} instances x 2 epochs, rate {predictions / candidates:.4f}, "
+          f"[MASK] {masked / predictions:.4f}, kept {kept / predictions:.4f}, "
+          f"random {1 - (masked + kept) / predictions:.4f} over {predictions} predictions")
+    assert abs(predictions / candidates - rate) < 0.005
+    assert abs(masked / predictions - 0.8) < 0.01 and abs(kept / predictions - 0.1) < 0.01
