@@ -18,6 +18,8 @@ import logging
 import pathlib
 from typing import Sequence
 
+import numpy as np
+
 from bert_jax.tasks import classification, tsv
 
 log = logging.getLogger(__name__)
@@ -220,3 +222,60 @@ def make_glue_task(
 
 def submission_file_names(names: Sequence[str] = tuple(GLUE_TASKS)) -> list[str]:
     return [f for n in names for f in get_spec(n).submission_files]
+
+
+def from_config(config) -> GlueTask:
+    """The task of experiments/finetune_glue.py (registry name "glue")."""
+    from bert_jax.tasks import finetuning
+
+    tokenizer = finetuning.load_tokenizer(config)
+    t = config.task
+    task = make_glue_task(
+        t.glue_task,
+        tokenizer=tokenizer,
+        max_seq_length=int(config.max_seq_length),
+        data_dir=finetuning.data_path(t.data_dir, "task.data_dir") if t.data_dir else "",
+        tfds_data_dir=t.tfds_data_dir or None,
+    )
+    finetuning.resolve(config, tokenizer, task.num_train_examples)
+    return task
+
+
+def write_test_predictions(workdir: str | pathlib.Path, output_dir: str | pathlib.Path | None = None, step: int | None = None):
+    """Runs a finished GLUE run's best checkpoint (or `step`) on the test split(s) and writes the
+    GLUE server's files into `output_dir` (default: <workdir>/glue_submission)."""
+    import json
+
+    import jax
+    import ml_collections
+
+    from bert_jax import run_checkpoints
+    from bert_jax.config import BertConfig
+
+    workdir = pathlib.Path(workdir)
+    results = json.loads((workdir / "results.json").read_text())
+    config = ml_collections.ConfigDict(results["config"])
+    task = from_config(config)
+    test_task = task.test_task()
+    if not test_task.eval_sets or not any(test_task.eval_sets.values()):
+        raise ValueError(f"{task.name}: no test split to predict (GLUE TSV directories need test.tsv)")
+    model = task.make_model(BertConfig(**config.model.to_dict()))
+    params, used_step = run_checkpoints.restore_params(workdir, step if step is not None else results.get("best_step"))
+    predict = jax.jit(lambda p, b: test_task.predict(model, p, b))
+    batches = list(test_task.eval_batches(int(config.train.eval_batch_size)))
+    predictions = [jax.tree.map(np.asarray, predict(params, {k: v for k, v in b.items()})) for b in batches]
+    paths = test_task.write_submission(predictions, batches, output_dir or workdir / "glue_submission")
+    log.info("GLUE test predictions of step %d: %s", used_step, ", ".join(str(p) for p in paths))
+    return paths
+
+
+if __name__ == "__main__":
+    import argparse
+
+    logging.basicConfig(level=logging.INFO)
+    parser = argparse.ArgumentParser(description="GLUE test-set predictions of a finished fine-tuning run")
+    parser.add_argument("--workdir", required=True, help="the run's workdir (holds results.json and checkpoints/)")
+    parser.add_argument("--output_dir", default=None, help="default: <workdir>/glue_submission")
+    parser.add_argument("--step", type=int, default=None, help="default: the best checkpoint")
+    arguments = parser.parse_args()
+    write_test_predictions(arguments.workdir, arguments.output_dir, arguments.step)

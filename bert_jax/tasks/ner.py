@@ -267,3 +267,25 @@ class NerTask:
                 for word, gold, tag in zip(sentence.words, sentence.tags, tags):
                     f.write(f"{word}\t{gold}\t{tag}\n")
                 f.write("\n")
+
+
+def from_config(config) -> NerTask:
+    """The task of experiments/finetune_ner.py (registry name "ner")."""
+    from bert_jax.tasks import finetuning
+
+    tokenizer = finetuning.load_tokenizer(config)
+    t = config.task
+    if t.tfds_name:
+        if t.tfds_name != "conll2003":
+            raise ValueError(f"config.task.tfds_name: only conll2003 is supported, found {t.tfds_name!r}")
+        train = read_tfds("train", t.tfds_data_dir or None)
+        evaluation = read_tfds(t.tfds_eval_split, t.tfds_data_dir or None)
+        name = "conll2003"
+    else:
+        train = read_conll(finetuning.data_path(config.train_file, "train_file"))
+        evaluation = read_conll(finetuning.data_path(config.eval_file, "eval_file"))
+        name = pathlib.Path(config.train_file).parent.name or "ner"
+    task = NerTask(tokenizer=tokenizer, train_sentences=train, eval_sentences=evaluation,
+                   max_seq_length=int(config.max_seq_length), name=name)
+    finetuning.resolve(config, tokenizer, task.num_train_examples)
+    return task

@@ -446,3 +446,35 @@ class SquadTask:
         if self.version_2:
             odds_path = path.with_name(f"{path.stem}_null_odds.json")
             odds_path.write_text(json.dumps({q: p.score_diff for q, p in answers.items()}, indent=1), encoding="utf-8")
+
+
+def from_config(config) -> SquadTask:
+    """The task of experiments/finetune_squad.py (registry name "squad")."""
+    from bert_jax.tasks import finetuning
+
+    tokenizer = finetuning.load_tokenizer(config)
+    t = config.task
+    if t.version not in ("v1.1", "v2.0"):
+        raise ValueError(f"config.task.version: expected v1.1 or v2.0, found {t.version!r}")
+    if bool(config.train_file) != bool(config.eval_file):
+        raise ValueError("give both train_file and eval_file (official SQuAD JSON), or neither for TFDS")
+    if config.train_file:
+        train = read_squad_json(finetuning.data_path(config.train_file, "train_file"))
+        evaluation = read_squad_json(finetuning.data_path(config.eval_file, "eval_file"))
+    else:
+        train = read_tfds(t.version, "train", t.tfds_data_dir or None)
+        evaluation = read_tfds(t.version, "validation", t.tfds_data_dir or None)
+    task = SquadTask(
+        tokenizer=tokenizer,
+        train_examples=train,
+        eval_examples=evaluation,
+        version_2_with_negative=t.version == "v2.0",
+        max_seq_length=int(config.max_seq_length),
+        doc_stride=int(t.doc_stride),
+        max_query_length=int(t.max_query_length),
+        n_best_size=int(t.n_best_size),
+        max_answer_length=int(t.max_answer_length),
+        null_score_diff_threshold=float(t.null_score_diff_threshold),
+    )
+    finetuning.resolve(config, tokenizer, task.num_train_examples)
+    return task

@@ -344,3 +344,29 @@ class SummarizationTask:
         with open(path, "w", encoding="utf-8") as f:
             for doc, picks in zip(self.eval_documents, chosen):
                 f.write(json.dumps({"guid": doc.guid, "selected": picks, "summary": [doc.sentences[i] for i in picks]}) + "\n")
+
+
+def from_config(config) -> SummarizationTask:
+    """The task of experiments/finetune_summarization.py (registry name "summarization")."""
+    from bert_jax.tasks import finetuning
+
+    tokenizer = finetuning.load_tokenizer(config)
+    t = config.task
+    if t.tfds_name:
+        if t.tfds_name != "cnn_dailymail":
+            raise ValueError(f"config.task.tfds_name: only cnn_dailymail is supported, found {t.tfds_name!r}")
+        train = read_tfds("train", t.tfds_data_dir or None, max_documents=int(t.max_train_documents) or None)
+        evaluation = read_tfds("validation", t.tfds_data_dir or None, max_documents=int(t.max_eval_documents) or None)
+    else:
+        train = read_jsonl(finetuning.data_path(config.train_file, "train_file"))
+        if t.max_train_documents:
+            train = train[: int(t.max_train_documents)]
+        evaluation = read_jsonl(finetuning.data_path(config.eval_file, "eval_file"))
+        if t.max_eval_documents:
+            evaluation = evaluation[: int(t.max_eval_documents)]
+    task = SummarizationTask(
+        tokenizer=tokenizer, train_documents=train, eval_documents=evaluation, max_seq_length=int(config.max_seq_length),
+        summary_size=int(t.summary_size), oracle_size=int(t.oracle_size), block_trigrams=bool(t.block_trigrams),
+    )
+    finetuning.resolve(config, tokenizer, task.num_train_examples)
+    return task
