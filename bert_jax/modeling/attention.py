@@ -37,15 +37,19 @@ def make_attention_mask(
     return mask
 
 
-def _attention_with_dropout(query, key, value, mask, dropout: nn.Dropout, deterministic: bool):
-    """softmax(q k^T / sqrt(d)) v with dropout on the probabilities. [B, L, N, D] layout."""
+def explicit_attention(query, key, value, mask, dropout_fn=None):
+    """softmax(q k^T / sqrt(d)) v, with `dropout_fn` applied to the probabilities.
+
+    query/key/value [batch, length, heads, head_dim] -> [batch, length, heads, head_dim].
+    """
     scale = 1.0 / np.sqrt(query.shape[-1])
     logits = jnp.einsum("bqnd,bknd->bnqk", query, key, preferred_element_type=jnp.float32) * scale
     if mask is not None:
         # Same finite fill as jax.nn.dot_product_attention, so fully masked rows stay finite.
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min * 0.7)
     probs = jax.nn.softmax(logits, axis=-1)
-    probs = dropout(probs, deterministic=deterministic)
+    if dropout_fn is not None:
+        probs = dropout_fn(probs)
     return jnp.einsum("bnqk,bknd->bqnd", probs.astype(value.dtype), value)
 
 
@@ -63,12 +67,12 @@ class BertSelfAttention(nn.Module):
         q = nn.with_logical_constraint(dense(cfg, heads, axes, "query")(x), qkv_names)
         k = nn.with_logical_constraint(dense(cfg, heads, axes, "key")(x), qkv_names)
         v = nn.with_logical_constraint(dense(cfg, heads, axes, "value")(x), qkv_names)
-        dropout = nn.Dropout(rate=cfg.attention_probs_dropout_prob)
         if deterministic or cfg.attention_probs_dropout_prob == 0.0:
             impl = None if cfg.attention_implementation == "xla" else cfg.attention_implementation
             out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
         else:
-            out = _attention_with_dropout(q, k, v, mask, dropout, deterministic)
+            dropout = nn.Dropout(rate=cfg.attention_probs_dropout_prob)
+            out = explicit_attention(q, k, v, mask, lambda p: dropout(p, deterministic=False))
         return nn.with_logical_constraint(out.astype(compute_dtype(cfg)), qkv_names)
 
 
