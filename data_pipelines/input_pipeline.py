@@ -70,6 +70,7 @@ import os
 import queue
 import struct
 import threading
+import weakref
 from typing import Any, Callable, Optional
 
 import ml_collections
@@ -341,23 +342,30 @@ def make_dynamic_masker(config: ml_collections.ConfigDict, seed: int) -> Callabl
 
 # ----------------------------------------------------------------------------- iterators
 class _Prefetcher:
-    """Runs produce(position) -> (batch, next_position) ahead in a thread, into a bounded queue."""
+    """Runs produce(position) -> (batch, next_position) ahead in a thread, into a bounded queue.
+
+    The thread holds the iterator only weakly, so an iterator dropped without close() is
+    collected and its thread ends."""
 
     def __init__(self, produce: Callable, position: Any, depth: int):
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._error: Optional[BaseException] = None
-        self._thread = threading.Thread(target=self._run, args=(produce, position), daemon=True,
-                                        name="bert_jax-input-prefetch")
+        self._thread = threading.Thread(target=self._run, args=(weakref.WeakMethod(produce), position),
+                                        daemon=True, name="bert_jax-input-prefetch")
         self._thread.start()
 
-    def _run(self, produce, position):
+    def _run(self, produce_ref, position):
         while not self._stop.is_set():
+            produce = produce_ref()
+            if produce is None:  # the iterator is gone
+                return
             try:
                 item = produce(position)
                 position = item[1]
             except BaseException as error:  # handed to the consumer, raised there
                 item = error
+            del produce
             while not self._stop.is_set():
                 try:
                     self._queue.put(item, timeout=0.1)
@@ -378,7 +386,8 @@ class _Prefetcher:
 
     def stop(self):
         self._stop.set()
-        self._thread.join()
+        if threading.current_thread() is not self._thread:  # the thread may drop the last reference
+            self._thread.join()
 
 
 class PretrainingBatchIterator:
@@ -503,13 +512,14 @@ class PretrainingBatchIterator:
         self._cache = None
 
     def close(self) -> None:
+        """Stops the prefetch thread and closes the files."""
         self._stop_prefetch()
         self._source.close()
 
     def __del__(self):
         try:
-            self._stop_prefetch()
-        except Exception:
+            self.close()
+        except Exception:  # half-built (__init__ raised) or at interpreter exit
             pass
 
 
@@ -532,7 +542,11 @@ def make_pretraining_iterator(data_config, global_batch_size: int, seed: int, pr
     else:
         source = TFDSSource(config.tfds_name, config.tfds_split, config.tfds_data_dir,
                             config.max_seq_length, config.max_predictions_per_seq)
-    return PretrainingBatchIterator(source, config, global_batch_size, seed, process_index, process_count)
+    try:
+        return PretrainingBatchIterator(source, config, global_batch_size, seed, process_index, process_count)
+    except Exception:
+        source.close()
+        raise
 
 
 class SyntheticBatchIterator:
