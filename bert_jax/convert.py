@@ -22,7 +22,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", required=True, help="directory to write")
     parser.add_argument("--to", required=True, choices=("bert_jax", "hf"), help="output format")
     parser.add_argument(
-        "--no-check-vocab", action="store_true", help="do not require vocab.txt to have vocab_size entries"
+        "--no-check-vocab",
+        action="store_true",
+        help="do not require the input's vocab.txt to have vocab_size entries (it is then not copied)",
     )
     return parser.parse_args(argv)
 

@@ -327,6 +327,17 @@ def test_convert_cli_hf_to_bert_jax_to_hf(hf_dir, tmp_path, capsys):
     assert json.loads((back_dir / "config.json").read_text())["architectures"] == ["BertForPreTraining"]
 
 
+def test_top_level_import_is_light(repo_root):
+    """`import bert_jax` and reading an HF checkpoint's names pull in neither jax, torch nor TF."""
+    code = (
+        "import sys, bert_jax; from bert_jax import load_pretrained, BertConfig; "
+        "heavy = [m for m in ('jax', 'torch', 'tensorflow', 'flax') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo_root)
+    assert result.returncode == 0, result.stderr
+
+
 def test_convert_cli_subprocess_reports_errors(tmp_path, repo_root):
     ok = subprocess.run([sys.executable, "-m", "bert_jax.convert", "--help"], capture_output=True, text=True, cwd=repo_root)
     assert ok.returncode == 0 and "--to {bert_jax,hf}" in ok.stdout

@@ -100,6 +100,7 @@ def test_mean_pooled_embeddings_separate_paraphrase_from_unrelated(minilm, bible
     assert unrelated_cos < 0.3
 
 
+@pytest.mark.slow  # 128 long verses through 6 layers: ~10 s of CPU
 def test_paraphrases_score_higher_than_non_paraphrases_on_dev(minilm, bible_rows):
     """Beyond one pair: on the first 64 dev rows, label-1 pairs (same verse) score above
     label-0 pairs (different verses) by a wide margin."""
