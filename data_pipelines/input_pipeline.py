@@ -658,6 +658,8 @@ def main(argv=None) -> None:
     parser.add_argument("--batches", type=int, default=40)
     args = parser.parse_args(argv)
 
+    import tensorflow  # noqa: F401  (imported once here, so that "index" times the index alone)
+
     with tempfile.TemporaryDirectory() as tmp:
         files = args.input_files or _write_benchmark_records(
             tmp, args.num_records, 8, args.max_seq_length, args.max_predictions_per_seq, args.vocab_file)
