@@ -216,6 +216,17 @@ def test_headless_checkpoint_loads_without_heads(hf_dir):
     assert set(params) == {"bert"}
 
 
+def test_requested_dtype(hf_dir):
+    import ml_dtypes
+
+    _, f32 = load_pretrained(hf_dir)
+    _, bf16 = load_pretrained(hf_dir, dtype="bfloat16")
+    for k, v in flatten(f32).items():
+        assert v.dtype == np.float32
+        assert flatten(bf16)[k].dtype == ml_dtypes.bfloat16, k
+        np.testing.assert_array_equal(flatten(bf16)[k], v.astype(ml_dtypes.bfloat16), err_msg=k)
+
+
 def test_unexpected_key_is_named(hf_dir):
     def add_layer(t):
         t["bert.encoder.layer.2.output.dense.bias"] = np.zeros(32, np.float32)

@@ -35,10 +35,12 @@ def detect_format(path: str | os.PathLike) -> str:
             return "bert_jax"
         if run_workdir.is_run_workdir(path):
             return "run_workdir"
-        if os.path.isfile(os.path.join(path, hf.CONFIG_FILE)):
-            return "hf"  # hf.load names the missing weights file, if any
+        if hf.is_hf_dir(path):
+            return "hf"
         if os.path.isfile(os.path.join(path, google_tf.CONFIG_FILE)) or glob.glob(os.path.join(path, "*.index")):
             return "google_tf"  # google_tf.load names the missing config or checkpoint
+        if os.path.isfile(os.path.join(path, hf.CONFIG_FILE)):
+            return "hf"  # hf.load names the missing weights file
         raise CheckpointError(
             f"{path} is not a checkpoint directory bert_jax can read. Expected one of:\n"
             f"  bert_jax:      {native.CONFIG_FILE} + {native.PARAMS_FILE}\n"

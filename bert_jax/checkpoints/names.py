@@ -133,7 +133,8 @@ TABLE: tuple[Rename, ...] = tuple(
 )
 
 # File entries that are not parameters of ours and are skipped on import.
-HF_BUFFERS = ("bert.embeddings.position_ids",)  # a torch buffer = arange(max_position_embeddings)
+# torch buffers some transformers versions saved: arange(max_position_embeddings) and zeros.
+HF_BUFFERS = ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids")
 HF_TIED_DECODER_WEIGHT = "cls.predictions.decoder.weight"  # = word embeddings (checked)
 HF_TIED_DECODER_BIAS = "cls.predictions.decoder.bias"  # = cls.predictions.bias (checked)
 TF_OPTIMIZER_SUFFIXES = ("/adam_m", "/adam_v")  # Google's AdamWeightDecayOptimizer slots
