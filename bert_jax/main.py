@@ -28,7 +28,8 @@ def main(argv) -> int:
     train.maybe_initialize_distributed(config.distributed)
     results = train.train_and_evaluate(config, _WORKDIR.value)
     if results["preempted"]:
-        logging.warning("preempted at step %d; checkpoint saved; rerun the command to resume", results["step"])
+        logging.warning("stopped at step %d (SIGTERM or train.stop_at_step); checkpoint saved; "
+                        "rerun the same command to continue", results["step"])
     return 0
 
 

@@ -45,9 +45,15 @@ class MetricsWriter:
         self._jsonl.flush()
         if self._tensorboard:
             import tensorflow as tf
+            from tensorflow.core.framework import summary_pb2
+            # What tensorboard's tf.summary.scalar writes, with TF's own op: tensorflow-cpu does
+            # not ship the tensorboard package that tf.summary.scalar needs.
+            scalar_metadata = summary_pb2.SummaryMetadata(
+                plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
             with self._tb(split).as_default():
                 for name, value in metrics.items():
-                    tf.summary.scalar(name, float(value), step=int(step))
+                    tf.summary.write(name, tf.constant(float(value), tf.float32), step=int(step),
+                                     metadata=scalar_metadata)
                 self._tb(split).flush()
 
     def close(self) -> None:

@@ -266,8 +266,9 @@ def _process_rows(batch: dict, process_index: int, process_count: int) -> dict:
     return {k: v[process_index * per:(process_index + 1) * per] for k, v in batch.items()}
 
 
-def train_and_evaluate(config, workdir: str | os.PathLike, task=None) -> dict:
-    """Trains `config.task` (or the given task object) in `workdir`; returns the results dict."""
+def train_and_evaluate(config, workdir: str | os.PathLike, task=None, devices=None, return_state: bool = False):
+    """Trains `config.task` (or the given task object) in `workdir`; returns the results dict
+    (and the final TrainState when `return_state`). `devices` defaults to all devices."""
     from bert_jax.config import BertConfig
     from bert_jax.tasks import make_task
 
@@ -281,7 +282,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None) -> dict:
     task = make_task(config) if task is None else task
     bert_config = BertConfig(**config.model.to_dict())
     model = task.make_model(bert_config)
-    mesh = sharding.make_mesh(config.mesh)
+    mesh = sharding.make_mesh(config.mesh, devices)
     rules = sharding.axis_rules(config.mesh.rules)
     dp = sharding.data_parallel_size(mesh)
     micro_batch = tc.batch_size // tc.grad_accum_steps
@@ -376,6 +377,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None) -> dict:
                 out = predict_step(state.params, sharding.make_global_batch(local, mesh))
                 predictions.append(jax.tree.map(np.asarray, out))
                 batches.append(global_batch)
+            if not batches:
+                return {}  # the task has no held-out data
             metrics = task.evaluate(predictions, batches)
             if is_main and hasattr(task, "write_predictions"):
                 task.write_predictions(predictions, batches, workdir / "predictions")
@@ -391,7 +394,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None) -> dict:
         preempted = False
         interval_start, interval_steps = time.perf_counter(), 0
         with _SigtermFlag() as sigterm:
-            while step < total_steps:
+            stop_at = int(tc.stop_at_step) or total_steps
+            while step < min(total_steps, stop_at):
                 batch = sharding.make_global_batch(next(train_iter), mesh)
                 state, metrics = train_step(state, batch)
                 step += 1
@@ -416,17 +420,19 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None) -> dict:
                     if not bar._bar and is_main:
                         log.info("step %d: %s", step, {k: round(v, 5) for k, v in host_metrics.items()})
                     interval_start, interval_steps = time.perf_counter(), 0
-                evaluated = False
+                saved = False
                 if tc.eval_every and step % tc.eval_every == 0 and step < total_steps:
                     eval_metrics = evaluate()
-                    writer.write(step, "eval", eval_metrics)
-                    evaluated = True
-                    best = _update_best(best, eval_metrics, step, task)
-                    save(metrics=eval_metrics, force=True)
+                    if eval_metrics:
+                        writer.write(step, "eval", eval_metrics)
+                        best = _update_best(best, eval_metrics, step, task)
+                    save(metrics=eval_metrics or None, force=True)
+                    saved = True
                 elif checkpointer.should_save(step) and step < total_steps:
                     save()
-                if _preempted(sigterm, step):
-                    if not evaluated:
+                    saved = True
+                if _preempted(sigterm, step) or step == stop_at < total_steps:
+                    if not saved:
                         save(force=True)
                     preempted = True
                     break
@@ -435,10 +441,11 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None) -> dict:
         if not preempted:
             check_finite_policy()
             eval_metrics = evaluate()
-            writer.write(step, "eval", eval_metrics)
-            best = _update_best(best, eval_metrics, step, task)
+            if eval_metrics:
+                writer.write(step, "eval", eval_metrics)
+                best = _update_best(best, eval_metrics, step, task)
             if checkpointer.latest_step() != step:
-                save(metrics=eval_metrics, force=True)
+                save(metrics=eval_metrics or None, force=True)
         checkpointer.wait_until_finished()
         checkpointer.close()
         writer.close()
@@ -459,7 +466,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None) -> dict:
     }
     if is_main and not preempted:
         (workdir / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
-    return results
+    return (results, state) if return_state else results
 
 
 def _update_best(best: dict, metrics: dict, step: int, task) -> dict:
@@ -490,6 +497,7 @@ def default_config():
         eval_every=10_000,  # 0: only at the end
         eval_batch_size=256,
         nonfinite_policy="halt",  # "halt" | "skip"
+        stop_at_step=0,  # > 0: save and exit at this step (time-sliced jobs); rerun to continue
     ))
     c.optimizer = optim.default_config()
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, rules="data_parallel"))

@@ -14,6 +14,7 @@ import ml_collections
 
 from bert_jax.config import BertConfig, PRESETS
 from bert_jax.train import default_config
+from data_pipelines.input_pipeline import default_data_config
 
 TOTAL_STEPS = 1_000_000
 PHASES = {
@@ -39,27 +40,15 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
 
     config = default_config()
     config.model = ml_collections.ConfigDict(BertConfig.preset(preset).to_dict())
+    config.data = default_data_config()
+    config.data.max_seq_length = seq_len
+    config.data.max_predictions_per_seq = max_predictions
     config.task = ml_collections.ConfigDict(dict(
         name="pretraining",
-        nsp=True,
         synthetic_data="synthetic" in options,
-        seq_len=seq_len,  # synthetic data only; real data take theirs from config.data
-        max_predictions_per_seq=max_predictions,
+        eval_input_files="",  # held-out TFRecords ("" = no evaluation)
         num_eval_batches=20,
     ))
-    config.data = ml_collections.ConfigDict()  # filled by data_pipelines' defaults below
-    _add_data_config(config, seq_len, max_predictions)
     config.train.num_steps = steps
     config.optimizer.warmup_steps = warmup
     return config
-
-
-def _add_data_config(config, seq_len: int, max_predictions: int) -> None:
-    try:
-        from data_pipelines.input_pipeline import default_data_config
-    except ImportError:  # the input pipeline is not installed: synthetic data only
-        return
-    config.data = default_data_config()
-    for name, value in (("max_seq_length", seq_len), ("max_predictions_per_seq", max_predictions)):
-        if name in config.data:
-            config.data[name] = value

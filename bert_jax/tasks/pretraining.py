@@ -4,17 +4,20 @@ Losses and softmax run in float32 whatever the compute dtype (flax#677: a bf16 l
 collapses). As in google-research/bert `run_pretraining.py`:
   mlm_loss = sum_p w_p * -log p(masked_lm_ids_p) / (sum_p w_p + 1e-5)
   nsp_loss = mean over examples of -log p(next_sentence_label)
-  loss     = mlm_loss + nsp_loss   (nsp_loss left out when config.task.nsp is False, RoBERTa-style)
+  loss     = mlm_loss + nsp_loss   (nsp_loss left out without NSP, RoBERTa-style)
 
-Config fields (`config.task`): name="pretraining", nsp=True, synthetic_data=False (random
-token batches, for benchmarks and trainer tests), max_predictions_per_seq=20 and seq_len=128
-(synthetic data only), num_eval_batches (eval batches taken from the held-out data).
+NSP follows `config.data.next_sentence_prediction`; sequence length and predictions per
+sequence come from `config.data` too. Config fields (`config.task`): name="pretraining",
+synthetic_data=False (random-token batches, for benchmarks and trainer tests),
+eval_input_files ("" = no evaluation; held-out TFRecords in the format of config.data),
+num_eval_batches (held-out batches per evaluation).
 """
 
 from __future__ import annotations
 
 from typing import Any, Iterable
 
+import ml_collections
 import numpy as np
 
 from bert_jax.tasks.base import Task
@@ -77,53 +80,33 @@ def losses_from_statistics(stats, example_weight, xp) -> dict[str, Any]:
 
 
 class SyntheticPretrainingIterator:
-    """Random-token pretraining batches with Google's features; deterministic per (seed, step).
+    """Random-token batches (data_pipelines' SyntheticBatchIterator) cut into process shares.
 
-    Every process computes the same global batch and keeps its own rows, so the data are the
-    same for any number of processes. `max_predictions` distinct masked positions per sequence
-    (Google's default: 20 for seq 128), none on [CLS] (position 0)."""
+    Every process draws the same global batch and keeps its own rows, so the data are the same
+    for any number of processes (the multi-host test compares against one process)."""
 
-    def __init__(self, batch_size: int, seq_len: int, vocab_size: int, max_predictions: int, seed: int,
+    def __init__(self, data_config, batch_size: int, vocab_size: int, seed: int,
                  process_index: int = 0, process_count: int = 1):
+        from data_pipelines.input_pipeline import SyntheticBatchIterator
         if batch_size % process_count:
             raise ValueError(f"batch_size {batch_size} is not divisible by process_count {process_count}")
-        if not 0 < max_predictions < seq_len:
-            raise ValueError(f"max_predictions_per_seq: expected in [1, {seq_len - 1}], found {max_predictions}")
-        self.batch_size, self.seq_len, self.vocab_size = batch_size, seq_len, vocab_size
-        self.max_predictions, self.seed = max_predictions, seed
+        self._global = SyntheticBatchIterator(
+            batch_size, int(data_config.max_seq_length), int(data_config.max_predictions_per_seq), vocab_size,
+            seed, packing=bool(data_config.packing), next_sentence_prediction=bool(data_config.next_sentence_prediction))
         per_process = batch_size // process_count
         self.rows = slice(process_index * per_process, (process_index + 1) * per_process)
-        self.step = 0
-
-    def global_batch(self, step: int) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng([self.seed, step])
-        b, l, p = self.batch_size, self.seq_len, self.max_predictions
-        positions = np.sort(np.argsort(rng.random((b, l - 1)), axis=1)[:, :p] + 1, axis=1)
-        return {
-            "input_ids": rng.integers(0, self.vocab_size, (b, l), dtype=np.int32),
-            "input_mask": np.ones((b, l), np.int32),
-            "segment_ids": (np.arange(l)[None, :] >= l // 2).astype(np.int32).repeat(b, 0),
-            "masked_lm_positions": positions.astype(np.int32),
-            "masked_lm_ids": rng.integers(0, self.vocab_size, (b, p), dtype=np.int32),
-            "masked_lm_weights": np.ones((b, p), np.float32),
-            "next_sentence_labels": rng.integers(0, 2, (b,), dtype=np.int32),
-        }
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        batch = self.global_batch(self.step)
-        self.step += 1
-        return {k: v[self.rows] for k, v in batch.items()}
+        return {k: v[self.rows] for k, v in next(self._global).items()}
 
     def get_state(self) -> dict:
-        return {"step": self.step, "seed": self.seed}
+        return self._global.get_state()
 
     def set_state(self, state: dict) -> None:
-        if state["seed"] != self.seed:
-            raise ValueError(f"iterator state is for seed {state['seed']}, this run has seed {self.seed}")
-        self.step = int(state["step"])
+        self._global.set_state(state)
 
 
 class PretrainingTask(Task):
@@ -132,39 +115,42 @@ class PretrainingTask(Task):
 
     def __init__(self, config):
         self.config = config
-        self.nsp = bool(config.task.nsp)
+        self.nsp = bool(config.data.next_sentence_prediction)
 
     def make_model(self, bert_config):
         from bert_jax.modeling.models import BertForPreTraining
-        self.bert_config = bert_config
         return BertForPreTraining(bert_config)
-
-    def _synthetic(self, batch_size, seed, process_index=0, process_count=1):
-        task = self.config.task
-        return SyntheticPretrainingIterator(batch_size, int(task.seq_len), int(self.config.model.vocab_size),
-                                            int(task.max_predictions_per_seq), seed, process_index, process_count)
 
     def train_iterator(self, batch_size, seed, process_index=0, process_count=1):
         if self.config.task.synthetic_data:
-            return self._synthetic(batch_size, seed, process_index, process_count)
+            return SyntheticPretrainingIterator(self.config.data, batch_size, int(self.config.model.vocab_size),
+                                                seed, process_index, process_count)
         from data_pipelines import input_pipeline
         return input_pipeline.make_pretraining_iterator(
             self.config.data, batch_size, seed, process_index, process_count)
 
     def eval_batches(self, batch_size) -> Iterable[dict]:
-        count = int(self.config.task.num_eval_batches)
-        if self.config.task.synthetic_data:
+        """`num_eval_batches` global batches of held-out data, the same at every evaluation."""
+        task = self.config.task
+        if task.synthetic_data:
             # A seed no training run uses: the held-out batches differ from every training batch.
-            iterator = self._synthetic(batch_size, seed=2**31 - 1)
-        else:
+            iterator = SyntheticPretrainingIterator(self.config.data, batch_size, int(self.config.model.vocab_size),
+                                                    seed=2**31 - 1)
+        elif task.eval_input_files:
             from data_pipelines import input_pipeline
-            iterator = input_pipeline.make_pretraining_iterator(
-                self.config.data, batch_size, int(self.config.seed), 0, 1, split="eval")
+            eval_data = ml_collections.ConfigDict(self.config.data.to_dict())
+            eval_data.input_files, eval_data.tfds_name = task.eval_input_files, ""
+            eval_data.prefetch_batches = 0
+            iterator = input_pipeline.make_pretraining_iterator(eval_data, batch_size, seed=0)
+        else:
+            return []  # no held-out data configured: no evaluation
         batches = []
-        for _ in range(count):
+        for _ in range(int(task.num_eval_batches)):
             batch = next(iterator)
             batch.setdefault("example_weight", np.ones(batch["input_ids"].shape[0], np.float32))
             batches.append(batch)
+        if hasattr(iterator, "close"):
+            iterator.close()
         return batches
 
     def _outputs(self, model, params, batch, deterministic, dropout_rng=None):
