@@ -198,6 +198,7 @@ class TFRecordSource:
         self._sizes = [s for _, s in index]
         counts = np.array([len(o) for o in self._offsets], np.int64)
         self._starts = np.concatenate([[0], np.cumsum(counts)])
+        self.name = f"input_files {self.files[0]}" + (f" and {len(self.files) - 1} more" if len(self.files) > 1 else "")
         if self._starts[-1] == 0:
             raise ValueError(f"input_files: the {len(self.files)} file(s) hold no records: {self.files[:3]}")
         self._fds: dict[int, int] = {}
@@ -277,15 +278,15 @@ class TFDSSource:
                  max_predictions_per_seq: int):
         import tensorflow_datasets as tfds
 
-        self.name = f"{name}[{split}]"
+        self.name = f"TFDS dataset {name}[{split}]"
         try:
             self._source = tfds.data_source(name, split=split, data_dir=data_dir or None)
         except Exception as error:
-            raise ValueError(f"TFDS dataset {self.name} (data_dir={data_dir!r}) cannot be opened for random access: "
+            raise ValueError(f"{self.name} (data_dir={data_dir!r}) cannot be opened for random access: "
                              f"{error}. It must be prepared with file_format='array_record'.") from error
         self.lengths = feature_lengths(max_seq_length, max_predictions_per_seq)
         if len(self._source) == 0:
-            raise ValueError(f"TFDS dataset {self.name} is empty")
+            raise ValueError(f"{self.name} is empty")
         self.read(np.array([0]))
 
     def __len__(self) -> int:
@@ -303,11 +304,11 @@ class TFDSSource:
             values = []
             for i, record in zip(indices, records):
                 if name not in record:
-                    raise ValueError(f"TFDS dataset {self.name}: example {i} lacks feature {name!r} "
+                    raise ValueError(f"{self.name}: example {i} lacks feature {name!r} "
                                      f"(has {sorted(record)})")
                 value = np.asarray(record[name]).reshape(-1)
                 if value.shape[0] != expected:
-                    raise ValueError(f"TFDS dataset {self.name}: example {i}: feature {name!r} has "
+                    raise ValueError(f"{self.name}: example {i}: feature {name!r} has "
                                      f"{value.shape[0]} values, expected {expected} ({why})")
                 values.append(value)
             out[name] = np.stack(values).astype(np.float32 if name in FLOAT_FEATURES else np.int32)
@@ -413,6 +414,13 @@ class PretrainingBatchIterator:
             order = order.seed(self._seed).shuffle()  # grain reshuffles every epoch of the repeat
         self._order = order.repeat(None)[process_index::process_count]
         self._masker = make_dynamic_masker(config, self._seed) if config.dynamic_masking else None
+        if self._masker is None:
+            # Unmasked rows (create_pretraining_data --no_masking) would train on an MLM loss of 0.
+            probe = source.read(np.arange(min(16, self.num_examples)))
+            if not (probe["masked_lm_weights"] > 0).any():
+                raise ValueError(f"{getattr(source, 'name', 'input')}: the first {len(probe['input_ids'])} records "
+                                 "have no masked positions (written unmasked, for dynamic masking): set "
+                                 "dynamic_masking=True and vocab_file, or write the files with static masks")
         self._position = 0  # of this process's stream: examples handed out in yielded batches
         self._cache: Optional[tuple[int, dict[str, np.ndarray]]] = None  # packing look-ahead
         self._prefetcher: Optional[_Prefetcher] = None

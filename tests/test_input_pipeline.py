@@ -292,23 +292,23 @@ def test_state_from_another_setup_is_refused(data):
 
 
 def test_bad_records_are_named_by_file_record_and_feature(data, tmp_path):
-    good = data["examples"][:5]
+    good = data["examples"][:20]  # record 18 is bad: after the records probed at start
     import tensorflow as tf
     cases = {
-        "short_ids": (_serialize(good[2], override={"input_ids": good[2]["input_ids"][:30]}),
-                      r"bad-00000.tfrecord: record 2: feature 'input_ids' has 30 values, expected 32 \(max_seq_length\)"),
-        "missing": (_serialize(good[2], drop="masked_lm_weights"),
-                    r"bad-00000.tfrecord: record 2 lacks feature 'masked_lm_weights'"),
-        "garbage": (b"\x00\x01 not a proto \xff" * 3, r"bad-00000.tfrecord: record 2"),
+        "short_ids": (_serialize(good[18], override={"input_ids": good[18]["input_ids"][:30]}),
+                      r"bad-00000.tfrecord: record 18: feature 'input_ids' has 30 values, expected 32 \(max_seq_length\)"),
+        "missing": (_serialize(good[18], drop="masked_lm_weights"),
+                    r"bad-00000.tfrecord: record 18 lacks feature 'masked_lm_weights'"),
+        "garbage": (b"\x00\x01 not a proto \xff" * 3, r"bad-00000.tfrecord: record 18"),
     }
     for case, (bad_record, message) in cases.items():
         directory = tmp_path / case
         directory.mkdir()
         with tf.io.TFRecordWriter(str(directory / "bad-00000.tfrecord")) as writer:
             for i, example in enumerate(good):
-                writer.write(bad_record if i == 2 else _serialize(example))
+                writer.write(bad_record if i == 18 else _serialize(example))
         it = make_pretraining_iterator(_config(data, input_files=str(directory / "*.tfrecord"), shuffle=False,
-                                               prefetch_batches=2), 5, seed=0)
+                                               prefetch_batches=2), 20, seed=0)
         with pytest.raises(ValueError, match=message):
             next(it)
         with pytest.raises(ValueError, match=message):  # the prefetch thread has stopped: same error
@@ -475,3 +475,11 @@ def test_dynamic_masking_statistics_on_corpus_instances(corpus_files, rate, coun
           f"random {1 - (masked + kept) / predictions:.4f} over {predictions} predictions")
     assert abs(predictions / candidates - rate) < 0.005
     assert abs(masked / predictions - 0.8) < 0.01 and abs(kept / predictions - 0.1) < 0.01
+
+
+def test_unmasked_files_need_dynamic_masking(corpus_files):
+    config = _config({"files": corpus_files["unmasked"], "vocab": corpus_files["vocab"]}, max_seq_length=128,
+                     max_predictions_per_seq=40)
+    with pytest.raises(ValueError, match=r"part-00000-of-00002.tfrecord and 1 more: .*no masked positions.*"
+                                         r"dynamic_masking=True"):
+        make_pretraining_iterator(config, 8, seed=0)
