@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from bert_jax import BertConfig, load_pretrained, save_pretrained
-from bert_jax.checkpoints import CheckpointError, detect_format, flatten, unflatten
+from bert_jax.checkpoints import CheckpointError, detect_format, flatten, load_config, unflatten
 from bert_jax.checkpoints.validation import check_params
 from bert_jax.config import ConfigError
 from bert_jax import convert
@@ -105,7 +105,7 @@ def test_bert_jax_format_round_trip_is_exact(variant, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["bert_jax_config.json", "params.safetensors", "v.txt", "vocab.txt"]
     assert detect_format(tmp_path) == "bert_jax"
     loaded_config, loaded = load_pretrained(tmp_path, dtype=None)
-    assert loaded_config == config
+    assert loaded_config == config == load_config(tmp_path)
     want, got = flatten(params), flatten(loaded)
     assert sorted(want) == sorted(got)
     for k in want:
@@ -219,7 +219,8 @@ def test_headless_checkpoint_loads_without_heads(hf_dir):
 def test_requested_dtype(hf_dir):
     import ml_dtypes
 
-    _, f32 = load_pretrained(hf_dir)
+    config, f32 = load_pretrained(hf_dir)
+    assert load_config(hf_dir) == config
     _, bf16 = load_pretrained(hf_dir, dtype="bfloat16")
     for k, v in flatten(f32).items():
         assert v.dtype == np.float32
@@ -380,7 +381,7 @@ def test_run_workdir_loads_params_of_newest_checkpoint(scan_layers, tmp_path):
     (tmp_path / "results.json").write_text(json.dumps({"config": {"model": config.to_dict()}}))
     assert detect_format(tmp_path) == "run_workdir"
     loaded_config, loaded = load_pretrained(tmp_path)
-    assert loaded_config == config
+    assert loaded_config == config == load_config(tmp_path)
     assert "layer_1" in loaded["bert"]["encoder"]  # always the unstacked layout
     for k, v in flatten(new).items():
         np.testing.assert_array_equal(flatten(loaded)[k], v, err_msg=k)

@@ -25,7 +25,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from bert_jax import BertConfig, load_pretrained, save_pretrained  # noqa: E402
-from bert_jax.checkpoints import flatten, unflatten  # noqa: E402
+from bert_jax.checkpoints import flatten, load_config, unflatten  # noqa: E402
 from bert_jax.modeling import BertForPreTraining, BertModel, stack_layers  # noqa: E402
 
 TOL = 1e-5
@@ -249,6 +249,7 @@ def test_google_tf_checkpoint_parity(reference, tmp_path):
     (tmp_path / "bert_config.json").write_text(json.dumps(google_config))
     (tmp_path / "vocab.txt").write_text("".join(f"tok{i}\n" for i in range(model.config.vocab_size)))
     config, params = load_pretrained(tmp_path)
+    assert load_config(tmp_path) == config
     diffs = max_diffs(our_outputs(config, params, batch), ref)
     report(f"{name} Google TF checkpoint", diffs)
     assert max(diffs.values()) <= TOL, diffs

@@ -24,7 +24,7 @@ from bert_jax.config import BertConfig
 
 FORMATS = ("bert_jax", "hf", "google_tf", "run_workdir")
 
-__all__ = ["CheckpointError", "FORMATS", "detect_format", "load_pretrained", "save_pretrained"]
+__all__ = ["CheckpointError", "FORMATS", "detect_format", "load_config", "load_pretrained", "save_pretrained"]
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -54,6 +54,18 @@ def detect_format(path: str | os.PathLike) -> str:
     if os.path.isfile(path):
         raise CheckpointError(f"{path} is a file; pass the checkpoint directory that holds it")
     raise CheckpointError(f"checkpoint path {path} does not exist")
+
+
+def load_config(path: str | os.PathLike) -> BertConfig:
+    """The BertConfig of a checkpoint (any format load_pretrained reads), without its weights."""
+    path = os.fspath(path)
+    fmt = detect_format(path)
+    if fmt == "run_workdir":
+        return run_workdir.read_config(path)
+    directory = path if os.path.isdir(path) else os.path.dirname(path)
+    what = {"bert_jax": "bert_jax checkpoint", "hf": "Hugging Face checkpoint", "google_tf": "Google TF checkpoint"}[fmt]
+    filename = {"bert_jax": native.CONFIG_FILE, "hf": hf.CONFIG_FILE, "google_tf": google_tf.CONFIG_FILE}[fmt]
+    return BertConfig.from_json_file(validation.require_file(directory, filename, what))
 
 
 def load_pretrained(
