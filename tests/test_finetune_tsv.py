@@ -1,0 +1,177 @@
+"""Generic TSV fine-tuning: file reading, label inference, config resolution, and a run through the
+real trainer (`bert_jax.main`'s train_and_evaluate) from a small checkpoint."""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from bert_jax.tasks import classification, finetuning, tsv
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_reads_the_shared_layouts(shared_data):
+    sentiment = tsv.read_examples(shared_data / "sentiment" / "rotten_tomatoes" / "dev.tsv")
+    assert len(sentiment) == 1780 and sentiment[0].text_b is None
+    assert tsv.infer_labels([e.label for e in sentiment]) == ["0", "1"]
+    bible = tsv.read_examples(shared_data / "paraphrase" / "bible" / "dev.tsv")
+    assert len(bible) == 2000 and all(e.text_b for e in bible)  # label<TAB>sentence_a<TAB>sentence_b
+    # The headerless Quora sample: names through column_names.
+    quora = tsv.read_examples(
+        shared_data / "samples" / "quora_paraphrase.tsv", column_names=["label", "sentence_a", "sentence_b", "id"]
+    )
+    assert quora[0].text_a.startswith("What should I do") and quora[0].label == "1"
+
+
+def test_label_inference():
+    assert tsv.infer_labels(["pos", "neg", "pos"]) == ["neg", "pos"]
+    assert tsv.infer_labels(["10", "2", "1"]) == ["1", "2", "10"]  # integers sort numerically
+    assert tsv.infer_labels(["0.5", "3.8", "1"]) is None  # non-integer numbers: regression
+    assert tsv.infer_labels(["1", "2"], task_type="regression") is None
+    with pytest.raises(ValueError, match="at least two labels"):
+        tsv.infer_labels(["1", "1"])
+    with pytest.raises(ValueError, match="numeric labels, found 'x'"):
+        tsv.infer_labels(["x", "1.5"], task_type="regression")
+
+
+def test_missing_columns_and_bad_rows_are_named(tmp_path):
+    path = _write(tmp_path / "a.tsv", "text\tlabel\nhello\t1\n")
+    with pytest.raises(ValueError, match=r"a.tsv: no first text column; expected one of \['sentence'"):
+        tsv.read_examples(path)
+    path = _write(tmp_path / "b.tsv", "sentence\tlabel\nhello\t1\nbye\n")
+    with pytest.raises(ValueError, match=r"b.tsv:3: expected 2 tab-separated fields"):
+        tsv.read_examples(path)
+    path = _write(tmp_path / "c.tsv", "sentence\tlabel\nhello\t\n")
+    with pytest.raises(ValueError, match=r"c.tsv:2: empty 'label' field"):
+        tsv.read_examples(path)
+
+
+def test_quotes_are_ordinary_characters(tmp_path):
+    path = _write(tmp_path / "q.tsv", 'sentence\tlabel\n"It\'s a "great" film\t1\n')
+    (example,) = tsv.read_examples(path)
+    assert example.text_a == '"It\'s a "great" film'
+
+
+def test_truncation_is_longest_first_and_counted(shared_data, caplog):
+    tokenizer = finetuning.features_lib.load_tokenizer(shared_data / "vocab" / "bert-base-uncased-vocab.txt")
+    examples = [
+        classification.TextExample("0", "one two three four five six seven eight", "alpha beta"),
+        classification.TextExample("1", "short", "pair"),
+    ]
+    with caplog.at_level("INFO"):
+        arrays = classification.encode_examples(tokenizer, examples, max_seq_length=9, what="demo")
+    assert arrays["num_truncated"] == 1 and "1 truncated to max_seq_length=9" in caplog.text
+    # 9 - 3 specials = 6 tokens: the longer first segment gives up its tail, "alpha beta" stays whole.
+    tokens = tokenizer.convert_ids_to_tokens(arrays["input_ids"][0])
+    assert tokens == ["[CLS]", "one", "two", "three", "four", "[SEP]", "alpha", "beta", "[SEP]"]
+    assert arrays["token_type_ids"][0].tolist() == [0] * 6 + [1] * 3
+
+
+def test_batch_iterator_resumes_exactly_and_covers_every_example():
+    arrays = {"x": np.arange(10)}
+    iterator = finetuning.features_lib.ArrayBatchIterator(arrays, batch_size=4, seed=3)
+    first = [next(iterator)["x"] for _ in range(5)]  # 20 rows = two full epochs
+    assert sorted(np.concatenate(first[:2]).tolist() + first[2][:2].tolist()) == list(range(10))
+    state = iterator.get_state()
+    following = next(iterator)["x"]
+    resumed = finetuning.features_lib.ArrayBatchIterator(arrays, batch_size=4, seed=3)
+    resumed.set_state(json.loads(json.dumps(state)))
+    assert np.array_equal(next(resumed)["x"], following)
+    # Two processes split every global batch.
+    halves = [finetuning.features_lib.ArrayBatchIterator(arrays, 4, 3, p, 2) for p in (0, 1)]
+    fresh = finetuning.features_lib.ArrayBatchIterator(arrays, 4, 3)
+    assert np.array_equal(np.concatenate([next(h)["x"] for h in halves]), next(fresh)["x"])
+
+
+# ---- through the real trainer ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(shared_data, tmp_path_factory):
+    """A randomly initialised 2-layer BERT with the uncased vocab, in bert_jax's checkpoint format."""
+    import jax
+
+    from bert_jax.checkpoints import save_pretrained
+    from bert_jax.config import BertConfig
+    from bert_jax.modeling.models import BertModel
+
+    config = BertConfig.preset("tiny", vocab_size=30522, max_position_embeddings=64)
+    params = BertModel(config).init(jax.random.PRNGKey(0), np.zeros((1, 8), np.int32))["params"]
+    path = tmp_path_factory.mktemp("tiny_bert")
+    vocab = shared_data / "vocab" / "bert-base-uncased-vocab.txt"
+    save_pretrained({"bert": jax.device_get(params)}, config, path, format="bert_jax", vocab_file=vocab)
+    return path, config
+
+
+def _tsv_config(train_file, eval_file, init_from, **overrides):
+    import importlib
+
+    config = importlib.import_module("experiments.finetune_tsv").get_config("")
+    config.train_file, config.eval_file, config.init_from = str(train_file), str(eval_file), str(init_from)
+    config.max_seq_length = 32
+    config.num_epochs = 1
+    config.train.batch_size = 16
+    config.train.eval_batch_size = 16
+    config.logging.tensorboard = False
+    config.logging.peak_flops_per_device = 1e11  # skip the trainer's matmul benchmark (MFU is not tested here)
+    for key, value in overrides.items():
+        target = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    return config
+
+
+def test_vocab_must_match_the_checkpoint(tiny_checkpoint, tmp_path):
+    path, _ = tiny_checkpoint
+    vocab = _write(tmp_path / "vocab.txt", "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"]) + "\n")
+    train = _write(tmp_path / "t.tsv", "sentence\tlabel\na\t0\nb\t1\n")
+    config = _tsv_config(train, train, path, vocab_file=str(vocab))
+    with pytest.raises(ValueError, match="tokenizer vocab .* has 7 entries but the checkpoint's vocab_size is 30522"):
+        tsv.from_config(config)
+
+
+def test_string_label_tsv_trains_through_the_trainer(tiny_checkpoint, tmp_path):
+    from bert_jax import train
+
+    path, model_config = tiny_checkpoint
+    rows = [("a fine , moving film", "pos"), ("dull and lifeless", "neg")] * 20
+    text = "label\tsentence\n" + "".join(f"{label}\t{s}\n" for s, label in rows)  # columns in any order
+    train_file = _write(tmp_path / "train.tsv", text)
+    eval_file = _write(tmp_path / "dev.tsv", "label\tsentence\n" + "".join(f"{l}\t{s}\n" for s, l in rows[:6]))
+    config = _tsv_config(train_file, eval_file, path)
+    results = train.train_and_evaluate(config, tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["config"]["task"]["labels"] == "neg,pos"
+    assert saved["config"]["model"]["hidden_size"] == model_config.hidden_size  # from the checkpoint
+    assert saved["config"]["train"]["num_steps"] == 3  # ceil(1 epoch * 40 / 16)
+    assert saved["config"]["optimizer"]["warmup_steps"] == 0  # 10% of 3 steps
+    assert set(results["final_metrics"]) == {"accuracy", "f1"} and results["main_metric"] == "accuracy"
+    predictions = (tmp_path / "run" / "predictions").read_text().splitlines()
+    assert predictions[0] == "eval_set\tguid\tprediction\tlabel" and len(predictions) == 7
+    assert {line.split("\t")[2] for line in predictions[1:]} <= {"neg", "pos"}
+
+
+@pytest.mark.slow
+def test_regression_tsv_trains_through_the_trainer(tiny_checkpoint, tmp_path):
+    from bert_jax import train
+
+    path, _ = tiny_checkpoint
+    rows = [("a man plays a guitar", "a man is playing guitar", "4.6"), ("a cat sleeps", "stocks fell", "0.2"),
+            ("two dogs run", "dogs are running", "3.9"), ("rain today", "a woman sings", "0.75")] * 4
+    text = "sentence_a\tsentence_b\tlabel\n" + "".join("\t".join(r) + "\n" for r in rows)
+    train_file = _write(tmp_path / "train.tsv", text)
+    config = _tsv_config(train_file, train_file, path)
+    results = train.train_and_evaluate(config, tmp_path / "run")
+    assert results["main_metric"] == "pearson"
+    assert set(results["final_metrics"]) == {"pearson", "spearman", "mse"}
+    assert np.isfinite(results["final_metrics"]["mse"])
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["config"]["task"]["task_type"] == "regression"
