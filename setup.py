@@ -21,6 +21,8 @@ INSTALL_REQUIRES = [
     "numpy>=1.26",
     "rouge-score>=0.1.2",
     "matplotlib>=3.8",
+    "google-crc32c>=1.5",  # TFRecord framing without importing TensorFlow (data_pipelines.tfrecord_io)
+    "nltk>=3.8",  # Punkt sentence splitter for raw paragraphs (data_pipelines.text_input)
 ]
 
 TEST_REQUIRES = [

@@ -1,0 +1,282 @@
+"""TFRecord files of `tf.train.Example`s, written and read without importing TensorFlow.
+
+Importing TensorFlow costs seconds per process, which would dominate the instance-creation
+command. The two formats are small and stable, so they are implemented here:
+
+* TFRecord framing: `uint64 length | uint32 masked_crc32c(length) | data | uint32 masked_crc32c(data)`
+  (little endian; crc32c from `google-crc32c`).
+* `tf.train.Example` / `Features` / `Feature` messages: declared below from the field numbers of
+  tensorflow/core/example/{example,feature}.proto in a private protobuf descriptor pool (so it
+  never clashes with TensorFlow's own registration), then parsed/serialised by protobuf's C
+  implementation.
+
+Files written here are read by `tf.data.TFRecordDataset` + `tf.io.parse_single_example`, and files
+written by TensorFlow (e.g. Google's create_pretraining_data.py) are read here (tests check both).
+
+Google's pretraining features: int64 `input_ids, input_mask, segment_ids, masked_lm_positions,
+masked_lm_ids, next_sentence_labels`, float `masked_lm_weights`.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import os
+import struct
+from typing import Iterable, Iterator, Mapping, Optional
+
+import numpy as np
+
+PRETRAINING_INT_FEATURES = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions",
+                            "masked_lm_ids", "next_sentence_labels")
+PRETRAINING_FLOAT_FEATURES = ("masked_lm_weights",)
+PRETRAINING_FEATURES = PRETRAINING_INT_FEATURES + PRETRAINING_FLOAT_FEATURES
+
+
+# ----------------------------------------------------------------------------- protobuf messages
+@functools.lru_cache(maxsize=1)
+def example_class():
+    """The `tf.train.Example` message class, built from a private descriptor pool."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    f = descriptor_pb2.FieldDescriptorProto
+    file = descriptor_pb2.FileDescriptorProto(name="bert_jax/tf_example.proto", package="tensorflow",
+                                              syntax="proto3")
+
+    def message(name, fields, nested=()):
+        m = file.message_type.add(name=name)
+        for nm in nested:
+            m.nested_type.add().CopyFrom(nm)
+        for field_name, number, ftype, label, type_name, packed in fields:
+            fd = m.field.add(name=field_name, number=number, type=ftype, label=label)
+            if type_name:
+                fd.type_name = type_name
+            if packed:
+                fd.options.packed = True
+        return m
+
+    rep, opt = f.LABEL_REPEATED, f.LABEL_OPTIONAL
+    message("BytesList", [("value", 1, f.TYPE_BYTES, rep, None, False)])
+    message("FloatList", [("value", 1, f.TYPE_FLOAT, rep, None, True)])
+    message("Int64List", [("value", 1, f.TYPE_INT64, rep, None, True)])
+    feature = message("Feature", [("bytes_list", 1, f.TYPE_MESSAGE, opt, ".tensorflow.BytesList", False),
+                                  ("float_list", 2, f.TYPE_MESSAGE, opt, ".tensorflow.FloatList", False),
+                                  ("int64_list", 3, f.TYPE_MESSAGE, opt, ".tensorflow.Int64List", False)])
+    feature.oneof_decl.add(name="kind")
+    for fd in feature.field:
+        fd.oneof_index = 0
+    entry = descriptor_pb2.DescriptorProto(name="FeatureEntry", options=descriptor_pb2.MessageOptions(map_entry=True))
+    entry.field.add(name="key", number=1, type=f.TYPE_STRING, label=opt)
+    entry.field.add(name="value", number=2, type=f.TYPE_MESSAGE, label=opt, type_name=".tensorflow.Feature")
+    message("Features", [("feature", 1, f.TYPE_MESSAGE, rep, ".tensorflow.Features.FeatureEntry", False)],
+            nested=[entry])
+    message("Example", [("features", 1, f.TYPE_MESSAGE, opt, ".tensorflow.Features", False)])
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.Example"))
+
+
+def encode_example(features: Mapping[str, np.ndarray]) -> bytes:
+    """Serialises a dict of 1-D arrays: integer arrays as int64_list, floating ones as float_list."""
+    example = example_class()()
+    fmap = example.features.feature
+    for name, values in features.items():
+        values = np.asarray(values).reshape(-1)
+        if np.issubdtype(values.dtype, np.floating):
+            fmap[name].float_list.value.extend(values.tolist())
+        elif np.issubdtype(values.dtype, np.integer) or values.dtype == bool:
+            fmap[name].int64_list.value.extend(values.astype(np.int64).tolist())
+        else:
+            raise TypeError(f"feature {name!r}: expected integer or float values, got dtype {values.dtype}")
+    return example.SerializeToString(deterministic=True)
+
+
+@functools.lru_cache(maxsize=4096)
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _packed_varints(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Varint bytes of a [N, k] int array, row by row: (all bytes [total] uint8, row starts [N + 1])."""
+    v = values.astype(np.int64).astype(np.uint64)  # negatives become 10-byte two's complement, as protobuf
+    top = int(v.max()) if v.size else 0
+    num_groups = max(1, (top.bit_length() + 6) // 7)
+    width = np.ones(v.shape, np.int64)
+    for g in range(1, num_groups):
+        width += v >= np.uint64(1 << (7 * g))
+    groups = np.empty(v.shape + (num_groups,), np.uint8)
+    for g in range(num_groups):
+        byte = (v >> np.uint64(7 * g)) & np.uint64(0x7F)
+        if g < num_groups - 1:
+            byte |= np.where(width > g + 1, np.uint64(0x80), np.uint64(0))
+        groups[..., g] = byte
+    data = groups[np.arange(num_groups) < width[..., None]]
+    starts = np.zeros(len(v) + 1, np.int64)
+    np.cumsum(width.sum(axis=1), out=starts[1:])
+    return data, starts
+
+
+def encode_examples(features: Mapping[str, np.ndarray]) -> list[bytes]:
+    """Serialises N Examples at once from [N, k] arrays (vectorised; same bytes as `encode_example`).
+
+    Integer arrays become packed int64_lists, floating ones packed float_lists, with the features
+    in sorted name order, as protobuf's deterministic serialisation writes a map.
+    """
+    names = sorted(features)
+    arrays = {n: np.asarray(features[n]) for n in names}
+    arrays = {n: a.reshape(len(a), -1) for n, a in arrays.items()}
+    sizes = {len(a) for a in arrays.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"encode_examples: features have different numbers of rows: "
+                         f"{ {n: len(a) for n, a in arrays.items()} }")
+    num = sizes.pop()
+    per_feature = []  # per name: list of N byte strings (the whole map entry)
+    for name in names:
+        a = arrays[name]
+        key = name.encode("utf-8")
+        key_part = b"\x0a" + _varint(len(key)) + key
+        if np.issubdtype(a.dtype, np.floating):
+            payload = a.astype("<f4").tobytes()
+            step = 4 * a.shape[1]
+            bodies = [payload[i * step:(i + 1) * step] for i in range(num)]
+            list_tag = b"\x12"
+        elif np.issubdtype(a.dtype, np.integer) or a.dtype == bool:
+            data, starts = _packed_varints(a)
+            raw = data.tobytes()
+            bodies = [raw[starts[i]:starts[i + 1]] for i in range(num)]
+            list_tag = b"\x1a"
+        else:
+            raise TypeError(f"feature {name!r}: expected integer or float values, got dtype {a.dtype}")
+        entries = []
+        for body in bodies:
+            if body:
+                inner = b"\x0a" + _varint(len(body)) + body
+            else:
+                inner = b""
+            feature = list_tag + _varint(len(inner)) + inner
+            entry = key_part + b"\x12" + _varint(len(feature)) + feature
+            entries.append(b"\x0a" + _varint(len(entry)) + entry)
+        per_feature.append(entries)
+    out = []
+    for i in range(num):
+        body = b"".join(entries[i] for entries in per_feature)
+        out.append(b"\x0a" + _varint(len(body)) + body)
+    return out
+
+
+def decode_example(data: bytes, int_dtype=np.int64) -> dict[str, np.ndarray]:
+    """Parses one serialised Example into numpy arrays (int64_list -> int_dtype, float_list -> float32)."""
+    example = example_class()()
+    example.ParseFromString(data)
+    out = {}
+    for name, feature in example.features.feature.items():
+        kind = feature.WhichOneof("kind")
+        if kind == "int64_list":
+            out[name] = np.asarray(feature.int64_list.value, dtype=int_dtype)
+        elif kind == "float_list":
+            out[name] = np.asarray(feature.float_list.value, dtype=np.float32)
+        elif kind == "bytes_list":
+            out[name] = np.asarray(feature.bytes_list.value, dtype=object)
+        else:
+            out[name] = np.zeros(0, np.float32)
+    return out
+
+
+# ----------------------------------------------------------------------------- TFRecord framing
+def _masked_crc(data: bytes) -> int:
+    import google_crc32c
+
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+class TFRecordWriter:
+    """Appends records to a TFRecord file (uncompressed)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        self._file = open(self.path, "wb")
+
+    def write(self, record: bytes) -> None:
+        header = struct.pack("<Q", len(record))
+        self._file.write(header + struct.pack("<I", _masked_crc(header)) + record
+                         + struct.pack("<I", _masked_crc(record)))
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def iter_tfrecord(path: str | os.PathLike, verify: bool = True) -> Iterator[bytes]:
+    """The records of one uncompressed TFRecord file; a corrupt or cut file is an error naming it."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        index = 0
+        while True:
+            header = f.read(12)
+            if not header:
+                return
+            if len(header) < 12:
+                raise ValueError(f"{path}: record {index} is cut short (header of {len(header)} bytes, expected 12)")
+            (length,) = struct.unpack("<Q", header[:8])
+            if verify and struct.unpack("<I", header[8:])[0] != _masked_crc(header[:8]):
+                raise ValueError(f"{path}: record {index} has a corrupt length header (crc mismatch)")
+            data = f.read(length)
+            footer = f.read(4)
+            if len(data) < length or len(footer) < 4:
+                raise ValueError(f"{path}: record {index} is cut short (expected {length} bytes of data)")
+            if verify and struct.unpack("<I", footer)[0] != _masked_crc(data):
+                raise ValueError(f"{path}: record {index} has corrupt data (crc mismatch)")
+            yield data
+            index += 1
+
+
+def expand_paths(patterns: str | Iterable[str]) -> list[str]:
+    """Comma-separated globs (Google's --input_file style) or a list of them -> sorted file list."""
+    if isinstance(patterns, (str, os.PathLike)):
+        patterns = str(patterns).split(",")
+    files = []
+    for pattern in patterns:
+        pattern = os.fspath(pattern).strip()
+        if not pattern:
+            continue
+        matches = sorted(glob.glob(pattern))
+        if not matches:
+            raise FileNotFoundError(f"no file matches {pattern!r}")
+        files += matches
+    return files
+
+
+def read_examples(patterns: str | Iterable[str], int_dtype=np.int64) -> Iterator[dict[str, np.ndarray]]:
+    """Every Example of the matching TFRecord files, in file order, as dicts of numpy arrays."""
+    for path in expand_paths(patterns):
+        for record in iter_tfrecord(path):
+            yield decode_example(record, int_dtype=int_dtype)
+
+
+def read_pretraining_arrays(patterns: str | Iterable[str], limit: Optional[int] = None) -> dict[str, np.ndarray]:
+    """Google-format pretraining files stacked into [num_examples, ...] arrays (int32 / float32)."""
+    rows = []
+    for i, example in enumerate(read_examples(patterns, int_dtype=np.int32)):
+        if limit is not None and i >= limit:
+            break
+        rows.append(example)
+    if not rows:
+        raise ValueError(f"no examples in {patterns!r}")
+    missing = [k for k in PRETRAINING_FEATURES if k not in rows[0]]
+    if missing:
+        raise ValueError(f"{patterns!r}: examples lack the pretraining feature(s) {missing}")
+    return {k: np.stack([r[k] for r in rows]) for k in PRETRAINING_FEATURES}
