@@ -5,6 +5,7 @@
 An ablation file defines `get_sweep()` returning a dict:
 
     {
+      "prepare": {"instances": ["data_pipelines.create_pretraining_data", "--output_dir", "{out}", ...]},
       "pretrain": "experiments/pretrain.py:tiny",          # --config of the pretraining stage
       "finetune": "experiments/finetune_tsv.py:sentiment",  # optional second stage, init_from = stage 1
       "common": {"train.num_steps": 300, ...},              # overrides for every variant (pretrain stage)
@@ -12,6 +13,10 @@ An ablation file defines `get_sweep()` returning a dict:
       "variants": {"nsp_on": {...overrides...}, "nsp_off": {...}},
       "seeds": [0, 1],                                       # optional; default [0]
     }
+
+`prepare` lists data to build once for all variants: each entry is `python -m <args>`, with
+`{out}` replaced by `DIR/data/<name>`; overrides may name that data as `{data}/<name>/...`.
+Environment variables in commands and overrides (`$BERT_JAX_DATA`) are expanded.
 
 Each stage is `python -m bert_jax.main --config C --workdir W --config.k=v ...` in a subprocess,
 so a variant crashing never takes the sweep down, and the same command lines can be printed
@@ -31,6 +36,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import os
 import pathlib
 import subprocess
 import sys
@@ -85,7 +91,7 @@ def load_sweep(path: str) -> dict[str, Any]:
     if not hasattr(module, "get_sweep"):
         raise ValueError(f"{path}: an ablation file must define get_sweep()")
     sweep = module.get_sweep()
-    allowed = {"pretrain", "finetune", "common", "finetune_common", "variants", "seeds"}
+    allowed = {"prepare", "pretrain", "finetune", "common", "finetune_common", "variants", "seeds"}
     unknown = set(sweep) - allowed
     if unknown:
         raise ValueError(f"{path}: get_sweep() has unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -94,9 +100,58 @@ def load_sweep(path: str) -> dict[str, Any]:
     return sweep
 
 
+def _expand(value: Any, **placeholders: str) -> Any:
+    """`{data}`/`{out}` placeholders and $ENV variables in string values."""
+    if not isinstance(value, str):
+        return value
+    for name, replacement in placeholders.items():
+        value = value.replace("{" + name + "}", replacement)
+    return os.path.expandvars(value)
+
+
+def _overrides(*layers: dict[str, Any], data_dir: pathlib.Path) -> dict[str, Any]:
+    merged = {}
+    for layer in layers:
+        merged.update(layer)
+    return {key: _expand(value, data=str(data_dir)) for key, value in merged.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepare:
+    """Data built once for every variant: `python -m <args>` writing into `out`."""
+
+    name: str
+    args: tuple[str, ...]
+    out: pathlib.Path
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", *(_expand(a, out=str(self.out)) for a in self.args)]
+
+    @property
+    def done_marker(self) -> pathlib.Path:
+        return self.out / ".sweep_done"
+
+
+def plan_prepare(sweep: dict[str, Any], workdir: pathlib.Path) -> list[Prepare]:
+    return [Prepare(name, tuple(args), workdir / "data" / name) for name, args in sweep.get("prepare", {}).items()]
+
+
+def run_prepare(step: Prepare) -> None:
+    if step.done_marker.exists():
+        return
+    step.out.mkdir(parents=True, exist_ok=True)
+    print(f"preparing {step.name}: {' '.join(step.command())}", flush=True)
+    with open(step.out.parent / f"{step.name}.log", "w", encoding="utf-8") as log:
+        code = subprocess.call(step.command(), stdout=log, stderr=subprocess.STDOUT)
+    if code != 0:
+        raise RuntimeError(f"prepare step {step.name!r} failed (exit {code}); see {log.name}")
+    step.done_marker.write_text("ok\n", encoding="utf-8")
+
+
 def plan_runs(sweep: dict[str, Any], workdir: pathlib.Path) -> list[Run]:
     """Expands variants x seeds into runs with one sub-workdir per stage."""
     runs = []
+    data_dir = workdir / "data"
     seeds = sweep.get("seeds") or [0]
     for variant, overrides in sweep["variants"].items():
         for seed in seeds:
@@ -105,16 +160,17 @@ def plan_runs(sweep: dict[str, Any], workdir: pathlib.Path) -> list[Run]:
                 "pretrain",
                 sweep["pretrain"],
                 run_dir / "pretrain",
-                {**sweep.get("common", {}), **overrides, "seed": seed},
+                _overrides(sweep.get("common", {}), overrides, {"seed": seed}, data_dir=data_dir),
             )
             stages = [pretrain]
             if sweep.get("finetune"):
+                finetune_overrides = {"init_from": str(pretrain.workdir), "seed": seed}
                 stages.append(
                     Stage(
                         "finetune",
                         sweep["finetune"],
                         run_dir / "finetune",
-                        {**sweep.get("finetune_common", {}), "init_from": str(pretrain.workdir), "seed": seed},
+                        _overrides(sweep.get("finetune_common", {}), finetune_overrides, data_dir=data_dir),
                     )
                 )
             runs.append(Run(variant, seed, tuple(stages)))
@@ -255,13 +311,19 @@ def main(argv: list[str] | None = None) -> int:
     workdir = pathlib.Path(args.workdir).resolve()
     runs = plan_runs(sweep, workdir)
 
+    prepare = plan_prepare(sweep, workdir)
+
     if args.print_commands:
+        for step in prepare:
+            print(" ".join(step.command()))
         for run in runs:
             for stage in run.stages:
                 print(" ".join(stage.command()))
         return 0
 
     workdir.mkdir(parents=True, exist_ok=True)
+    for step in prepare:
+        run_prepare(step)
     failed = False
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
         for status in pool.map(execute, runs):

@@ -90,3 +90,25 @@ def test_bad_ablation_file_is_a_clear_error(tmp_path):
     path.write_text("def get_sweep():\n    return {'pretrain': 'x', 'variants': {'a': {}}, 'varaints': {}}\n")
     with pytest.raises(ValueError, match="unknown keys \\['varaints'\\]"):
         sweep_lib.load_sweep(str(path))
+
+
+def test_prepare_runs_once_and_overrides_name_its_output(tmp_path, monkeypatch):
+    monkeypatch.setenv("CORPUS_DIR", str(tmp_path))
+    (tmp_path / "corpus.txt").write_text("some text\n")
+    sweep = {
+        # `python -m zipfile -c OUT FILE` stands in for a data-building command.
+        "prepare": {"archive": ["zipfile", "-c", "{out}/corpus.zip", "$CORPUS_DIR/corpus.txt"]},
+        "pretrain": "experiments/pretrain.py:tiny",
+        "variants": {"a": {"data.input_files": "{data}/archive/*.zip"}},
+    }
+    workdir = tmp_path / "w"
+    (step,) = sweep_lib.plan_prepare(sweep, workdir)
+    assert step.command()[-2:] == [str(workdir / "data/archive/corpus.zip"), str(tmp_path / "corpus.txt")]
+    sweep_lib.run_prepare(step)
+    archive = workdir / "data/archive/corpus.zip"
+    assert archive.is_file()
+    archive.unlink()
+    sweep_lib.run_prepare(step)  # done before: not run again
+    assert not archive.exists()
+    (run,) = sweep_lib.plan_runs(sweep, workdir)
+    assert run.stages[0].overrides["data.input_files"] == f"{workdir}/data/archive/*.zip"
