@@ -38,6 +38,7 @@ import json
 import math
 import os
 import pathlib
+import shlex
 import subprocess
 import sys
 from typing import Any
@@ -315,10 +316,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.print_commands:
         for step in prepare:
-            print(" ".join(step.command()))
+            print(shlex.join(step.command()))
         for run in runs:
             for stage in run.stages:
-                print(" ".join(stage.command()))
+                print(shlex.join(stage.command()))
         return 0
 
     workdir.mkdir(parents=True, exist_ok=True)
