@@ -83,7 +83,7 @@ class BertSelfOutput(nn.Module):
 
     def setup(self):
         cfg = self.config
-        self.dense = dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), "dense", axis=(-2, -1))
+        self.dense = dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), "dense")
         self.LayerNorm = layer_norm(cfg)
         self.dropout = nn.Dropout(rate=cfg.hidden_dropout_prob)
 

@@ -51,23 +51,48 @@ def layer_norm(config: BertConfig, name: str = "LayerNorm") -> nn.LayerNorm:
     )
 
 
+class DenseGeneral(nn.Module):
+    """x[..., *in] @ kernel[*in, *features] + bias[*features], params "kernel" and "bias".
+
+    Our own instead of nn.DenseGeneral: that one initialises a multi-axis kernel flat and
+    reshapes it, which under a mesh applies the 3-name logical constraint to the 2-D array.
+    """
+
+    features: tuple[int, ...]
+    kernel_axes: tuple[str | None, ...]  # logical names of kernel dims (in dims, then features)
+    initializer_range: float
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n_in = len(self.kernel_axes) - len(self.features)
+        kernel_shape = tuple(x.shape[x.ndim - n_in:]) + tuple(self.features)
+        init = jax.nn.initializers.truncated_normal(self.initializer_range)
+        kernel = self.param("kernel", nn.with_logical_partitioning(init, self.kernel_axes), kernel_shape, self.param_dtype)
+        bias = self.param("bias", zeros_init(self.kernel_axes[n_in:]), tuple(self.features), self.param_dtype)
+        x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
+        contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+        return jax.lax.dot_general(x, kernel, (contract, ((), ()))) + bias
+
+
 def dense(
     config: BertConfig,
     features: int | tuple[int, ...],
     kernel_axes: Sequence[str | None],
     name: str,
-    axis: int | tuple[int, ...] = -1,
     dtype: jnp.dtype | None = None,
-) -> nn.DenseGeneral:
-    """A DenseGeneral with Google's initialisers and logical axis names on kernel and bias."""
-    n_out = 1 if isinstance(features, int) else len(features)
-    return nn.DenseGeneral(
-        features=features,
-        axis=axis,
+) -> DenseGeneral:
+    """A DenseGeneral with Google's initialisers and logical axis names on kernel and bias.
+
+    The kernel contracts the last len(kernel_axes) - len(features) dims of the input.
+    """
+    return DenseGeneral(
+        features=(features,) if isinstance(features, int) else tuple(features),
+        kernel_axes=tuple(kernel_axes),
+        initializer_range=config.initializer_range,
         dtype=compute_dtype(config) if dtype is None else dtype,
         param_dtype=param_dtype(config),
-        kernel_init=weight_init(config, kernel_axes),
-        bias_init=zeros_init(tuple(kernel_axes)[-n_out:]),
         name=name,
     )
 

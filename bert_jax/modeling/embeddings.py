@@ -49,13 +49,21 @@ class BertEmbeddings(nn.Module):
         if position_ids is None:
             position_ids = jnp.arange(input_ids.shape[1], dtype=jnp.int32)[None, :]
         x = (
-            self.word_embeddings(input_ids)
-            + self.position_embeddings(position_ids)
-            + self.token_type_embeddings(token_type_ids)
+            self._lookup(self.word_embeddings, input_ids)
+            + self._lookup(self.position_embeddings, position_ids)
+            + self._lookup(self.token_type_embeddings, token_type_ids)
         )
         x = nn.with_logical_constraint(x, BATCH_LENGTH_EMBED)
         x = self.LayerNorm(x)
         return self.dropout(x, deterministic=deterministic)
+
+    def _lookup(self, embed: nn.Embed, ids: jax.Array) -> jax.Array:
+        # Gather rows from a replicated copy of the table (FSDP-style: all-gather the weight,
+        # then a local lookup). A gather straight from a vocab- or embed-sharded table makes
+        # the SPMD partitioner fall back to replicating its output ("involuntary full
+        # rematerialization"). Without a mesh the constraint is a no-op.
+        table = nn.with_logical_constraint(embed.embedding, (None, None))
+        return jnp.take(table, ids, axis=0).astype(compute_dtype(self.config))
 
     def word_embedding_table(self) -> jax.Array:
         """[vocab, embed] in param_dtype: the MLM decoder is tied to it."""
