@@ -15,7 +15,7 @@ iterator as a TF checkpoint (shuffle buffers included, not JSON, tied to the gra
 `shuffle(buffer)` mixes only nearby records. So the data is read by random access:
 * Google-format TFRecord files: an offset index of every record is built at start (a scan of the
   12-byte record headers, no parsing), then a batch is `os.pread` + one `tf.io.parse_example`.
-  Record CRCs are not checked; a damaged record fails to parse and is reported by file and record.
+  Record checksums are verified; a damaged record is reported by file and record number.
 * TFDS datasets by name, through `tfds.data_source` (array_record files, random access).
 Everything after reading (dynamic masking, packing) is a numpy function of the examples and
 their (epoch, record index), so it resumes exactly too. A background thread prefetches batches
@@ -159,10 +159,19 @@ def expand_input_files(pattern: str, max_seq_length: int) -> list[str]:
     return files
 
 
+def masked_crc32c(data: bytes) -> int:
+    """TFRecord's checksum: crc32c, rotated right by 15 bits, plus 0xA282EAD8."""
+    import google_crc32c
+
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
 def record_offsets(path: str) -> tuple[np.ndarray, np.ndarray]:
     """([n] data offsets, [n] data lengths) of the records of one TFRecord file.
 
-    A record is: uint64 length, uint32 crc of the length, data, uint32 crc of the data.
+    A record is: uint64 length, uint32 masked crc32c of the length, data, uint32 masked crc32c
+    of the data. The length checksums are verified here, the data checksums at every read.
     """
     size = os.path.getsize(path)
     offsets, lengths = [], []
@@ -170,11 +179,14 @@ def record_offsets(path: str) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
         position = 0
-        unpack = struct.Struct("<Q").unpack_from
+        header = struct.Struct("<QI").unpack_from
         while position < size:
             if position + 12 > size:
                 raise ValueError(f"{path}: truncated TFRecord header at byte {position} (file size {size})")
-            (length,) = unpack(data, position)
+            length, length_crc = header(data, position)
+            if masked_crc32c(data[position:position + 8]) != length_crc:
+                raise ValueError(f"{path}: record {len(offsets)} (byte {position}) has a corrupt length header "
+                                 "(crc mismatch): not a TFRecord file, or a damaged one")
             if position + 16 + length > size:
                 raise ValueError(f"{path}: truncated TFRecord at byte {position}: the header announces {length} "
                                  f"bytes, the file ends {size - position - 12} bytes later")
@@ -236,7 +248,12 @@ class TFRecordSource:
         serialized = []
         for i, f in zip(indices, file_of):
             k = i - self._starts[f]
-            serialized.append(os.pread(self._fd(int(f)), int(self._sizes[f][k]), int(self._offsets[f][k])))
+            size = int(self._sizes[f][k])
+            raw = os.pread(self._fd(int(f)), size + 4, int(self._offsets[f][k]))
+            record = raw[:size]
+            if masked_crc32c(record) != struct.unpack("<I", raw[size:])[0]:
+                raise ValueError(f"{self.files[f]}: record {k} has corrupt data (crc mismatch)")
+            serialized.append(record)
         try:
             parsed = self._tf.io.parse_example(serialized, self._spec)
         except self._tf.errors.InvalidArgumentError as error:

@@ -322,6 +322,16 @@ def test_bad_records_are_named_by_file_record_and_feature(data, tmp_path):
     truncated.write_bytes(first[:-7])
     with pytest.raises(ValueError, match="truncated.tfrecord: truncated TFRecord at byte"):
         make_pretraining_iterator(_config(data, input_files=str(truncated)), 6, seed=0)
+    damaged = bytearray(first)
+    damaged[len(damaged) // 2] ^= 0xFF
+    (tmp_path / "damaged.tfrecord").write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match=r"damaged.tfrecord: record \d+ has corrupt (data|length header)"):
+        it = make_pretraining_iterator(_config(data, input_files=str(tmp_path / "damaged.tfrecord"), shuffle=False),
+                                       30, seed=0)
+        next(it)
+    (tmp_path / "text.tfrecord").write_text("one sentence per line is not a TFRecord file\n" * 10)
+    with pytest.raises(ValueError, match="text.tfrecord: record 0 .* corrupt length header"):
+        make_pretraining_iterator(_config(data, input_files=str(tmp_path / "text.tfrecord")), 6, seed=0)
     with pytest.raises(FileNotFoundError, match="nothing-here"):
         make_pretraining_iterator(_config(data, input_files=str(tmp_path / "nothing-here*")), 6, seed=0)
 
