@@ -8,9 +8,10 @@
 
 Why grain's index sampling, not tf.data. Exact mid-epoch resume is easy when the order of the
 examples is a pure function of (seed, position in the stream): the state is then one integer.
-grain's `MapDataset.range(n).seed(s).shuffle().repeat()` is exactly that: a Feistel index
-shuffle with O(1) memory, reshuffled every epoch, random access at any position, and slicing
-`[process_index::process_count]` for multi-host sharding. tf.data can resume only by saving its
+grain's `MapDataset.range(n).seed(s).shuffle().repeat()` is exactly that: its index_shuffle
+is a keyed bijection of [0, n) computed per index (4 rounds, O(1) memory, n < 2**32), with the
+key seed + epoch so every epoch has a new order; any position is random access, and slicing
+`[process_index::process_count]` shards it over hosts. tf.data can resume only by saving its
 iterator as a TF checkpoint (shuffle buffers included, not JSON, tied to the graph), and a
 `shuffle(buffer)` mixes only nearby records. So the data is read by random access:
 * Google-format TFRecord files: an offset index of every record is built at start (a scan of the
@@ -18,7 +19,9 @@ iterator as a TF checkpoint (shuffle buffers included, not JSON, tied to the gra
   Record checksums are verified; a damaged record is reported by file and record number.
 * TFDS datasets by name, through `tfds.data_source` (array_record files, random access).
 Everything after reading (dynamic masking, packing) is a numpy function of the examples and
-their (epoch, record index), so it resumes exactly too. A background thread prefetches batches
+their (epoch, record index), so it resumes exactly too. Only grain's index order is used: batches
+are read, masked and packed a whole batch at a time in numpy (one parse call, one masking call),
+which grain's per-element map/iterator chain would not do, and the state stays one integer. A background thread prefetches batches
 into a bounded queue; the state counts only the batches already returned by `next`.
 
 Sharding. Global stream position g holds record `order[g]`. Process p reads positions
