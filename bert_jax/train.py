@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -222,6 +223,61 @@ def _all_finite(params) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
 
 
+# --------------------------------------------------------------------------- sharded state
+
+
+@dataclasses.dataclass
+class StateLayout:
+    """Where every array of the TrainState lives, from the model's logical axis annotations."""
+    mesh: Any
+    param_shardings: Any
+    state_shardings: TrainState
+    abstract_state: TrainState  # ShapeDtypeStructs carrying their shardings (for restore)
+    init_key: jax.Array
+    dropout_key: jax.Array
+    init_params: Callable[[], Any]  # -> params created directly on their shardings
+
+    def fresh_state(self, tx, params) -> TrainState:
+        replicated = sharding.replicated(self.mesh)
+        put = lambda x: jax.device_put(x, replicated)
+        return TrainState(
+            step=put(jnp.zeros((), jnp.int32)), params=params,
+            opt_state=jax.jit(tx.init, out_shardings=self.state_shardings.opt_state)(params),
+            rng=put(self.dropout_key), nonfinite_steps=put(jnp.zeros((), jnp.int32)),
+            first_nonfinite_step=put(jnp.full((), -1, jnp.int32)))
+
+
+def state_layout(model, tx, mesh, rules, seed: int) -> StateLayout:
+    def init_boxed_params(key):
+        return model.init({"params": key, "dropout": key}, jnp.zeros(_INIT_INPUT_SHAPE, jnp.int32),
+                          deterministic=True)["params"]
+
+    init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
+    abstract_boxed = jax.eval_shape(init_boxed_params, init_key)
+    param_shardings = sharding.logical_shardings(abstract_boxed, mesh, rules)
+    abstract_params = _unbox(abstract_boxed)
+    replicated = sharding.replicated(mesh)
+    state_shardings = TrainState(
+        step=replicated, params=param_shardings,
+        opt_state=sharding.opt_state_shardings(tx, abstract_params, param_shardings, mesh),
+        rng=replicated, nonfinite_steps=replicated, first_nonfinite_step=replicated)
+    abstract_state = jax.eval_shape(lambda: TrainState(
+        step=jnp.zeros((), jnp.int32), params=abstract_params, opt_state=tx.init(abstract_params),
+        rng=dropout_key, nonfinite_steps=jnp.zeros((), jnp.int32), first_nonfinite_step=jnp.zeros((), jnp.int32)))
+    abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                  abstract_state, state_shardings)
+    init_params = lambda: jax.jit(lambda k: _unbox(init_boxed_params(k)), out_shardings=param_shardings)(init_key)
+    return StateLayout(mesh, param_shardings, state_shardings, abstract_state, init_key, dropout_key, init_params)
+
+
+def jit_train_step(task, model, tx, schedule, grad_accum_steps: int, mesh, layout: StateLayout):
+    """The jitted step: sharded in and out, the state donated (updated in place)."""
+    batch_shard = sharding.batch_sharding(mesh, 1)  # a prefix: dim 0 split, the rest replicated
+    return jax.jit(make_train_step(task, model, tx, schedule, grad_accum_steps, mesh),
+                   in_shardings=(layout.state_shardings, batch_shard),
+                   out_shardings=(layout.state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+
+
 # --------------------------------------------------------------------------- the loop
 
 
@@ -302,55 +358,30 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None, devices=No
     # a context: with them, flax's DenseGeneral applies a boxed 3-axis kernel's constraint to its
     # flat 2-D init (flax re-runs param inits under eval_shape even in apply) and tracing fails.
     with jax.set_mesh(mesh):
-        # ---- shardings from the logically annotated abstract init
-        def init_boxed_params(key):
-            return model.init({"params": key, "dropout": key}, jnp.zeros(_INIT_INPUT_SHAPE, jnp.int32),
-                              deterministic=True)["params"]
-
-        base_key = jax.random.PRNGKey(int(config.seed))
-        init_key, dropout_key = jax.random.split(base_key)
-        abstract_boxed = jax.eval_shape(init_boxed_params, init_key)
-        param_shardings = sharding.logical_shardings(abstract_boxed, mesh, rules)
-        abstract_params = _unbox(abstract_boxed)
+        layout = state_layout(model, tx, mesh, rules, int(config.seed))
+        param_shardings, state_shardings = layout.param_shardings, layout.state_shardings
         replicated = sharding.replicated(mesh)
-        state_shardings = TrainState(
-            step=replicated, params=param_shardings,
-            opt_state=sharding.opt_state_shardings(tx, abstract_params, param_shardings, mesh),
-            rng=replicated, nonfinite_steps=replicated, first_nonfinite_step=replicated)
-        abstract_state = jax.eval_shape(lambda: TrainState(
-            step=jnp.zeros((), jnp.int32), params=abstract_params, opt_state=tx.init(abstract_params),
-            rng=dropout_key, nonfinite_steps=jnp.zeros((), jnp.int32),
-            first_nonfinite_step=jnp.zeros((), jnp.int32)))
-        abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                      abstract_state, state_shardings)
 
         train_iter = task.train_iterator(int(tc.batch_size), int(config.seed), process_index, process_count)
         latest = checkpointer.latest_step()
         meta: dict = {}
         if latest is not None:
             # ---- resume: everything from the newest complete checkpoint
-            state, iterator_state, meta = checkpointer.restore(latest, abstract_state)
+            state, iterator_state, meta = checkpointer.restore(latest, layout.abstract_state)
             train_iter.set_state(iterator_state)
             log.info("resumed from %s at step %d", checkpointer.directory / str(latest), latest)
         else:
-            params = jax.jit(lambda k: _unbox(init_boxed_params(k)), out_shardings=param_shardings)(init_key)
+            params = layout.init_params()
             if config.init_from:
                 loaded = load_init_from(config.init_from)
                 merged, used, new = merge_pretrained(jax.device_get(params), loaded, config.init_from)
                 params = jax.device_put(merged, param_shardings)
                 log.info("init_from %s: %d tensors loaded, %d new (%s)", config.init_from, len(used), len(new),
                          ", ".join(new[:8]))
-            opt_state = jax.jit(tx.init, out_shardings=state_shardings.opt_state)(params)
-            state = TrainState(
-                step=jax.device_put(jnp.zeros((), jnp.int32), replicated), params=params, opt_state=opt_state,
-                rng=jax.device_put(dropout_key, replicated),
-                nonfinite_steps=jax.device_put(jnp.zeros((), jnp.int32), replicated),
-                first_nonfinite_step=jax.device_put(jnp.full((), -1, jnp.int32), replicated))
+            state = layout.fresh_state(tx, params)
 
         batch_shard = sharding.batch_sharding(mesh, 1)  # a prefix: dim 0 split, the rest replicated
-        train_step = jax.jit(make_train_step(task, model, tx, schedule, int(tc.grad_accum_steps), mesh),
-                             in_shardings=(state_shardings, batch_shard),
-                             out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+        train_step = jit_train_step(task, model, tx, schedule, int(tc.grad_accum_steps), mesh, layout)
         predict_step = jax.jit(lambda params, batch: task.predict(model, params, batch),
                                in_shardings=(param_shardings, batch_shard), out_shardings=replicated)
         params_finite = jax.jit(_all_finite)
