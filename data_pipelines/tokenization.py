@@ -428,7 +428,7 @@ class SentencePieceTokenizer(Tokenizer):
     def tokenize_with_offsets(self, text: str) -> TokenSpans:
         """Offsets index `text` after lowercasing (the same string unless lower() changed its length)."""
         prepared = self._prepare(text)
-        proto = self._sp.encode(prepared, out_type="immutable_proto")
+        proto = self._sp.encode(prepared, return_type="proto")
         # SentencePiece reports byte offsets; map them to character offsets.
         char_at_byte = np.zeros(len(prepared.encode("utf-8")) + 1, np.int32)
         pos = 0
