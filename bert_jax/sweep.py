@@ -1,6 +1,10 @@
 """Run an ablation: every variant (x seed) pretrains, then fine-tunes, in its own sub-workdir.
 
     python -m bert_jax.sweep experiments/ablations/nsp.py --workdir DIR [--parallel N] [--print-commands]
+    python -m bert_jax.sweep --grid experiments/finetune_glue.py:mrpc --workdir DIR --set init_from=PATH
+
+The second form searches the fine-tuning grid of the experiment's `config.sweep` (the paper's
+lr {5e-5, 3e-5, 2e-5} x batch {16, 32} x epochs {2, 3, 4}) and names the best dev result.
 
 An ablation file defines `get_sweep()` returning a dict:
 
@@ -34,6 +38,7 @@ import concurrent.futures
 import csv
 import dataclasses
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -96,9 +101,41 @@ def load_sweep(path: str) -> dict[str, Any]:
     unknown = set(sweep) - allowed
     if unknown:
         raise ValueError(f"{path}: get_sweep() has unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
-    if "pretrain" not in sweep or not sweep.get("variants"):
-        raise ValueError(f"{path}: get_sweep() needs 'pretrain' and a non-empty 'variants' dict")
+    if not (sweep.get("pretrain") or sweep.get("finetune")) or not sweep.get("variants"):
+        raise ValueError(f"{path}: get_sweep() needs 'pretrain' and/or 'finetune', and a non-empty 'variants' dict")
     return sweep
+
+
+# config.sweep (the paper's fine-tuning grid) field -> the config field it sets.
+GRID_FIELDS = {"learning_rate": "optimizer.learning_rate", "batch_size": "train.batch_size", "num_epochs": "num_epochs"}
+
+
+def _load_experiment_config(config_spec: str):
+    path, _, arg = config_spec.partition(":")
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"experiment file {path} does not exist")
+    spec = importlib.util.spec_from_file_location(f"_experiment_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def grid_sweep(config_spec: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """A fine-tuning-only sweep over the experiment's `config.sweep` grid (the paper's recipe)."""
+    config = _load_experiment_config(config_spec)
+    if "sweep" not in config:
+        raise ValueError(f"{config_spec}: the config has no `sweep` field listing the grid to search")
+    grid = dict(config.sweep.items())
+    unknown = set(grid) - set(GRID_FIELDS)
+    if unknown:
+        raise ValueError(f"{config_spec}: config.sweep has fields {sorted(unknown)} that --grid cannot set; "
+                         f"known: {sorted(GRID_FIELDS)}")
+    variants = {}
+    for values in itertools.product(*grid.values()):
+        name = "_".join(f"{key}={value}" for key, value in zip(grid, values))
+        variants[name] = {GRID_FIELDS[key]: value for key, value in zip(grid, values)}
+    return {"finetune": config_spec, "finetune_common": dict(overrides), "variants": variants}
 
 
 def _expand(value: Any, **placeholders: str) -> Any:
@@ -157,15 +194,19 @@ def plan_runs(sweep: dict[str, Any], workdir: pathlib.Path) -> list[Run]:
     for variant, overrides in sweep["variants"].items():
         for seed in seeds:
             run_dir = workdir / variant / f"seed_{seed}"
-            pretrain = Stage(
-                "pretrain",
-                sweep["pretrain"],
-                run_dir / "pretrain",
-                _overrides(sweep.get("common", {}), overrides, {"seed": seed}, data_dir=data_dir),
-            )
-            stages = [pretrain]
-            if sweep.get("finetune"):
+            stages = []
+            if sweep.get("pretrain"):
+                pretrain = Stage(
+                    "pretrain",
+                    sweep["pretrain"],
+                    run_dir / "pretrain",
+                    _overrides(sweep.get("common", {}), overrides, {"seed": seed}, data_dir=data_dir),
+                )
+                stages.append(pretrain)
                 finetune_overrides = {"init_from": str(pretrain.workdir), "seed": seed}
+            else:  # a fine-tuning-only sweep: the variant's overrides go to fine-tuning
+                finetune_overrides = {**overrides, "seed": seed}
+            if sweep.get("finetune"):
                 stages.append(
                     Stage(
                         "finetune",
@@ -290,6 +331,24 @@ def plot_curves(runs: list[Run], workdir: pathlib.Path, finetune_metric: str | N
     return written
 
 
+def best_variant(runs: list[Run]) -> tuple[str, str, float] | None:
+    """(variant, metric, value) of the best fine-tuning result by the task's main metric."""
+    best = None
+    for run in runs:
+        path = run.stages[-1].workdir / RESULTS_FILE
+        if run.stages[-1].name != "finetune" or not path.exists():
+            continue
+        results = json.loads(path.read_text(encoding="utf-8"))
+        metric = results.get("main_metric")
+        value = (results.get("final_metrics") or {}).get(metric)
+        if value is None:
+            continue
+        sign = 1.0 if results.get("higher_is_better", True) else -1.0
+        if best is None or sign * value > best[0]:
+            best = (sign * value, (run.variant, metric, float(value)))
+    return best[1] if best else None
+
+
 def _main_metric_of(runs: list[Run]) -> str | None:
     """The fine-tuning task's main metric, as its results.json names it."""
     for run in runs:
@@ -302,13 +361,28 @@ def _main_metric_of(runs: list[Run]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("ablation", help="path of an ablation file defining get_sweep()")
+    parser.add_argument("ablation", nargs="?", help="path of an ablation file defining get_sweep()")
+    parser.add_argument("--grid", metavar="FILE.py:ARG",
+                        help="instead of an ablation file: search the experiment's config.sweep grid (fine-tuning)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="with --grid: a config override for every run (e.g. init_from=PATH)")
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--parallel", type=int, default=1, help="variants run at once")
     parser.add_argument("--print-commands", action="store_true", help="print the command lines and exit")
     args = parser.parse_args(argv)
+    if bool(args.ablation) == bool(args.grid):
+        parser.error("give either an ablation file or --grid FILE.py:ARG")
+    if args.set and not args.grid:
+        parser.error("--set goes with --grid (an ablation file holds its own overrides)")
 
-    sweep = load_sweep(args.ablation)
+    if args.grid:
+        pairs = [item.split("=", 1) for item in args.set]
+        bad = [item for item, pair in zip(args.set, pairs) if len(pair) != 2]
+        if bad:
+            parser.error(f"--set expects KEY=VALUE, got {bad}")
+        sweep = grid_sweep(args.grid, dict(pairs))
+    else:
+        sweep = load_sweep(args.ablation)
     workdir = pathlib.Path(args.workdir).resolve()
     runs = plan_runs(sweep, workdir)
 
@@ -335,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     write_tables(workdir, header, table)
     plots = plot_curves(runs, workdir, _main_metric_of(runs))
     print((workdir / "results.md").read_text(encoding="utf-8"))
+    best = best_variant(runs)
+    if best:
+        print(f"best on dev: {best[0]} ({best[1]} = {best[2]:.4f})")
     print("wrote", workdir / "results.md", workdir / "results.csv", *plots)
     return 1 if failed else 0
 

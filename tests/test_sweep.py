@@ -112,3 +112,29 @@ def test_prepare_runs_once_and_overrides_name_its_output(tmp_path, monkeypatch):
     assert not archive.exists()
     (run,) = sweep_lib.plan_runs(sweep, workdir)
     assert run.stages[0].overrides["data.input_files"] == f"{workdir}/data/archive/*.zip"
+
+
+def test_grid_mode_expands_the_papers_finetuning_grid(repo_root, tmp_path, capsys):
+    spec = f"{repo_root}/experiments/finetune_tsv.py:sentiment"
+    sweep = sweep_lib.grid_sweep(spec, {"init_from": "/ckpt"})
+    assert len(sweep["variants"]) == 3 * 2 * 3  # lr x batch x epochs, Devlin et al. appendix A.3
+    assert sweep["variants"]["learning_rate=5e-05_batch_size=16_num_epochs=2"] == {
+        "optimizer.learning_rate": 5e-05, "train.batch_size": 16, "num_epochs": 2}
+    runs = sweep_lib.plan_runs(sweep, tmp_path)
+    assert all([s.name for s in run.stages] == ["finetune"] for run in runs)
+    assert runs[0].stages[0].overrides["init_from"] == "/ckpt"
+
+    assert sweep_lib.main(["--grid", spec, "--set", "init_from=/ckpt", "--workdir", str(tmp_path), "--print-commands"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 18 and all("--config.init_from=/ckpt" in line for line in lines)
+
+
+def test_best_variant_follows_the_direction_of_the_main_metric(tmp_path):
+    sweep = {"finetune": "x.py", "variants": {"a": {}, "b": {}, "c": {}}}
+    runs = sweep_lib.plan_runs(sweep, tmp_path)
+    for run, value in zip(runs, (0.5, 0.9, 0.7)):
+        stage = run.stages[0]
+        stage.workdir.mkdir(parents=True)
+        (stage.workdir / "results.json").write_text(json.dumps(
+            {"main_metric": "loss", "higher_is_better": False, "final_metrics": {"loss": value}}))
+    assert sweep_lib.best_variant(runs) == ("a", "loss", 0.5)
