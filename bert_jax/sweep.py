@@ -126,11 +126,12 @@ def grid_sweep(config_spec: str, overrides: dict[str, Any]) -> dict[str, Any]:
     config = _load_experiment_config(config_spec)
     if "sweep" not in config:
         raise ValueError(f"{config_spec}: the config has no `sweep` field listing the grid to search")
-    grid = dict(config.sweep.items())
-    unknown = set(grid) - set(GRID_FIELDS)
+    given = dict(config.sweep.items())
+    unknown = set(given) - set(GRID_FIELDS)
     if unknown:
         raise ValueError(f"{config_spec}: config.sweep has fields {sorted(unknown)} that --grid cannot set; "
                          f"known: {sorted(GRID_FIELDS)}")
+    grid = {key: given[key] for key in GRID_FIELDS if key in given}  # lr, batch, epochs: the paper's order
     variants = {}
     for values in itertools.product(*grid.values()):
         name = "_".join(f"{key}={value}" for key, value in zip(grid, values))
