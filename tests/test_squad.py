@@ -143,3 +143,36 @@ def test_bad_json_names_the_problem(tmp_path):
     path.write_text(json.dumps({"data": [{"paragraphs": [{"context": "x", "qas": [{"id": "q", "question": "?", "answers": [{"text": "x"}]}]}]}]}))
     with pytest.raises(ValueError, match="bad.json.*answer_start"):
         squad.read_squad_json(path)
+
+
+def test_tfds_squad_v11_end_to_end(tokenizer, examples):
+    """TFDS squad/v1.1 (mocked with the real sample rows in TFDS's feature layout) through the task."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    tf = pytest.importorskip("tensorflow")
+
+    def as_dataset(self, split, **kwargs):
+        def rows():
+            for e in examples:
+                yield {
+                    "id": e.qid, "title": "t", "context": e.context, "question": e.question,
+                    "answers": {"text": list(e.answers), "answer_start": np.asarray(e.answer_starts, np.int32)},
+                }
+
+        signature = {
+            "id": tf.TensorSpec([], tf.string), "title": tf.TensorSpec([], tf.string),
+            "context": tf.TensorSpec([], tf.string), "question": tf.TensorSpec([], tf.string),
+            "answers": {"text": tf.TensorSpec([None], tf.string), "answer_start": tf.TensorSpec([None], tf.int32)},
+        }
+        return tf.data.Dataset.from_generator(rows, output_signature=signature)
+
+    with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+        train = squad.read_tfds("v1.1", "train")
+        evaluation = squad.read_tfds("v1.1", "validation")
+    assert [(e.qid, e.answers, e.answer_starts) for e in evaluation] == [(e.qid, e.answers, e.answer_starts) for e in examples]
+    task = squad.SquadTask(tokenizer=tokenizer, train_examples=train, eval_examples=evaluation, max_seq_length=128, doc_stride=64)
+    batch = next(task.train_iterator(batch_size=4, seed=0))
+    assert batch["start_positions"].shape == (4,) and batch["input_ids"].shape == (4, 128)
+    batches = task.eval_batches(4)
+    start, end = _gold_logits(evaluation, task.eval_features)
+    predictions = [{"start_logits": start[b["feature_index"]], "end_logits": end[b["feature_index"]]} for b in batches]
+    assert task.evaluate(predictions, batches) == {"exact_match": 100.0, "f1": 100.0}

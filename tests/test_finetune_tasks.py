@@ -1,0 +1,90 @@
+"""SQuAD, NER and summarisation through the real trainer from a small random checkpoint: the
+experiment files, the registry, config resolution, the jit'ed loss/predict and host-side metrics."""
+
+import importlib
+import json
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(shared_data, tmp_path_factory):
+    import jax
+
+    from bert_jax.checkpoints import save_pretrained
+    from bert_jax.config import BertConfig
+    from bert_jax.modeling.models import BertModel
+
+    config = BertConfig.preset("tiny", vocab_size=30522, max_position_embeddings=128)
+    params = BertModel(config).init(jax.random.PRNGKey(0), np.zeros((1, 8), np.int32))["params"]
+    path = tmp_path_factory.mktemp("tiny_bert")
+    save_pretrained({"bert": jax.device_get(params)}, config, path, format="bert_jax",
+                    vocab_file=shared_data / "vocab" / "bert-base-uncased-vocab.txt")
+    return path
+
+
+def _config(experiment, arg, init_from, **fields):
+    config = importlib.import_module(f"experiments.{experiment}").get_config(arg)
+    config.init_from = str(init_from)
+    config.num_epochs = 1
+    config.train.batch_size = 8
+    config.train.eval_batch_size = 8
+    config.logging.tensorboard = False
+    config.logging.peak_flops_per_device = 1e11  # skip the trainer's matmul benchmark
+    for key, value in fields.items():
+        target = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    return config
+
+
+@pytest.mark.slow
+def test_squad_json_through_the_trainer(tiny_checkpoint, shared_data, tmp_path):
+    from bert_jax import train
+
+    sample = shared_data / "samples" / "squad.json"
+    config = _config("finetune_squad", "v1.1", tiny_checkpoint, train_file=str(sample), eval_file=str(sample),
+                     max_seq_length=128, **{"task.doc_stride": 64})
+    results = train.train_and_evaluate(config, tmp_path / "run")
+    assert results["main_metric"] == "f1" and set(results["final_metrics"]) == {"exact_match", "f1"}
+    predictions = json.loads((tmp_path / "run" / "predictions").read_text())
+    assert len(predictions) == 5 and all(isinstance(v, str) and v for v in predictions.values())
+    assert (tmp_path / "run" / "predictions_nbest.json").exists()
+
+
+@pytest.mark.slow
+def test_conll_ner_through_the_trainer(tiny_checkpoint, shared_data, tmp_path):
+    from bert_jax import train
+
+    dev = shared_data / "ner" / "wnut16" / "dev.conll"
+    config = _config("finetune_ner", "", tiny_checkpoint, train_file=str(dev), eval_file=str(dev), max_seq_length=32,
+                     num_epochs=0, **{"train.num_steps": 4})
+    results = train.train_and_evaluate(config, tmp_path / "run")
+    assert results["main_metric"] == "f1"
+    assert {"precision", "recall", "f1", "token_accuracy"} <= set(results["final_metrics"])
+    lines = (tmp_path / "run" / "predictions").read_text().split("\n\n")
+    assert len([block for block in lines if block.strip()]) == 291  # every dev tweet, every word
+
+
+@pytest.mark.slow
+def test_jsonl_summarization_through_the_trainer(tiny_checkpoint, tmp_path):
+    from bert_jax import train
+
+    documents = [
+        {"sentences": ["The council met on Tuesday.", "Roads will be repaired.", "It rained.", "Schools get money."],
+         "summary": "Roads will be repaired. Schools get more money."},
+        {"sentences": ["A storm hit the coast.", "Thousands lost power.", "A dog barked.", "Crews worked all night."],
+         "summary": "A storm left thousands without power."},
+    ] * 4
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps(d) + "\n" for d in documents))
+    config = _config("finetune_summarization", "", tiny_checkpoint, train_file=str(path), eval_file=str(path),
+                     max_seq_length=64)
+    results = train.train_and_evaluate(config, tmp_path / "run")
+    assert results["main_metric"] == "rouge2"
+    assert set(results["final_metrics"]) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
+    rows = [json.loads(line) for line in (tmp_path / "run" / "predictions").read_text().splitlines()]
+    assert len(rows) == 8 and all(len(r["selected"]) == 3 for r in rows)
