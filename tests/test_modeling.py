@@ -443,3 +443,15 @@ def test_mismatched_input_shapes_are_named():
         init(jnp.ones((8,), jnp.int32))
     with pytest.raises(ValueError, match="masked_positions must be"):
         jax.eval_shape(BertForPreTraining(tiny()).init, jax.random.key(0), ids, masked_positions=jnp.zeros((3, 2), jnp.int32))
+
+
+@pytest.mark.parametrize("name", ["gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish"])
+def test_hidden_act_matches_transformers(name):
+    torch = pytest.importorskip("torch")
+    from transformers.activations import ACT2FN
+
+    from bert_jax.modeling.common import activation
+
+    x = np.linspace(-6, 6, 1001, dtype=np.float32)
+    expected = ACT2FN[name](torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(np.asarray(activation(name)(jnp.asarray(x))), expected, atol=2e-6, rtol=1e-5)
