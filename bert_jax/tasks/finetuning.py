@@ -66,20 +66,10 @@ def base_config(task_name: str, *, max_seq_length: int = 128, learning_rate: flo
 
 
 def checkpoint_bert_config(init_from: str) -> BertConfig:
-    """The architecture of a pretrained model, read from its config file (no weights loaded)."""
-    from bert_jax import checkpoints
-    from bert_jax.checkpoints import google_tf, hf, native
+    """The architecture of a pretrained model (any format load_pretrained reads), without its weights."""
+    from bert_jax.checkpoints import load_config
 
-    path = pathlib.Path(init_from)
-    if (path / "checkpoints").is_dir():  # a bert_jax run workdir (e.g. a pretraining run)
-        results = path / "results.json"
-        if not results.is_file():
-            raise ValueError(f"init_from={init_from} is a run workdir without results.json: finish the run first")
-        return BertConfig.from_dict(json.loads(results.read_text())["config"]["model"], source=str(results))
-    fmt = checkpoints.detect_format(path)
-    directory = path if path.is_dir() else path.parent
-    config_file = {"bert_jax": native.CONFIG_FILE, "hf": hf.CONFIG_FILE, "google_tf": google_tf.CONFIG_FILE}[fmt]
-    return BertConfig.from_json_file(directory / config_file)
+    return load_config(init_from)
 
 
 def _run_vocab(init_from: str) -> str | None:
