@@ -113,9 +113,9 @@ def main(argv=None) -> dict:
     if args.num_shards < 1:
         raise SystemExit(f"--num_shards must be >= 1, got {args.num_shards}")
     config = config_from_args(args)
-    # The main process tokenises with native threads before forking workers that never tokenise;
-    # saying so explicitly keeps `tokenizers` from warning at the fork.
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    # Workers are forked processes; the Rust tokenizer is only called one text at a time (no
+    # thread pool to inherit), so its fork warning does not apply.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from data_pipelines.tokenization import load_tokenizer
 
     timings = {}
@@ -128,7 +128,7 @@ def main(argv=None) -> dict:
                                                    data_dir=args.tfds_data_dir, stats=stats)
     else:
         documents = text_input.read_documents(args.input_file, args.input_format, stats=stats)
-    corpus = pi.TokenizedCorpus.from_documents(documents, tokenizer)
+    corpus = pi.tokenize_corpus(list(documents), tokenizer, num_workers=args.num_workers)
     timings["read_and_tokenize_s"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()

@@ -37,6 +37,7 @@ import functools
 import os
 import re
 import unicodedata
+from itertools import chain
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
@@ -73,8 +74,43 @@ def _final_sigma_probe(template: str, index: int) -> np.ndarray:
     return np.fromiter((p[index] == "\u03c2" for p in probes), bool, count=_NUM_CODE_POINTS)
 
 
+# Bump when `_compute_bert_char_classes` changes, so stale cache files are not used.
+_CHAR_CLASSES_VERSION = 1
+
+
 @functools.lru_cache(maxsize=1)
 def _bert_char_classes() -> dict[str, str]:
+    """The character classes, computed once per Python/Unicode version and cached on disk.
+
+    Computing them scans all 1.1M code points (about a second); the result depends only on the
+    Python build's unicodedata, so it is kept in $XDG_CACHE_HOME/bert_jax (or ~/.cache/bert_jax).
+    An unwritable cache directory only costs the recomputation.
+    """
+    import json
+    import sys
+
+    key = (f"bert_char_classes-v{_CHAR_CLASSES_VERSION}-unicode{unicodedata.unidata_version}"
+           f"-py{sys.version_info.major}.{sys.version_info.minor}.json")
+    cache_dir = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "bert_jax")
+    path = os.path.join(cache_dir, key)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        pass
+    classes = _compute_bert_char_classes()
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(classes, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return classes
+
+
+def _compute_bert_char_classes() -> dict[str, str]:
     """Regex classes from Python's unicodedata, matching the reference tokenizer's predicates."""
     codes = {}
     category = np.fromiter((codes.setdefault(unicodedata.category(chr(cp)), len(codes))
@@ -233,6 +269,12 @@ class Tokenizer(abc.ABC):
     def encode_ids(self, text: str) -> list[int]:
         return self.encode_ids_batch([text])[0]
 
+    def encode_ids_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """All texts' ids concatenated ([total] int32) and each text's length ([n] int64)."""
+        ids = self.encode_ids_batch(texts)
+        lengths = np.fromiter(map(len, ids), np.int64, count=len(ids))
+        return np.fromiter(chain.from_iterable(ids), np.int32, count=int(lengths.sum())), lengths
+
     def convert_tokens_to_ids(self, tokens: Iterable[str]) -> list[int]:
         return [self.vocab.get(t, self.unk_id) for t in tokens]
 
@@ -325,7 +367,11 @@ class WordPieceTokenizer(Tokenizer):
                                               max_input_chars_per_word=max_input_chars_per_word))
         rust.normalizer = normalizers.Sequence(steps)
         self._word_boundary = re.compile(_python_class(classes["word_boundary"]) + "+")
-        self._word_cache: dict[str, list[int]] = {}
+        # Whitespace that str.split() splits at but `_clean_text` deletes (controls: \x0b \x0c \x1c-\x1f \x85).
+        self._deleted_space = re.compile(
+            "[" + "".join(chr(c) for c in range(0x3001)  # no code point above U+3000 is whitespace
+                         if chr(c).isspace() and not self._word_boundary.match(chr(c))) + "]")
+        self._word_cache: dict[str, tuple[int, ...]] = {}
         self.max_cached_words = 2_000_000
         rust.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(classes["split_space"] + "+"), "removed"),
@@ -350,31 +396,51 @@ class WordPieceTokenizer(Tokenizer):
         repeats words (Zipf), so each distinct word goes through the Rust pipeline once and the rest
         is a dictionary lookup; this is several times faster than tokenising every line in Rust.
         """
+        words_per_text = self._split_words(texts)
+        get = self._cached_word_ids(words_per_text)
+        return [list(chain.from_iterable(map(get, words))) for words in words_per_text]
+
+    def encode_ids_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """All texts' ids concatenated ([total] int32) and each text's length ([n] int64)."""
+        words_per_text = self._split_words(texts)
+        get = self._cached_word_ids(words_per_text)
+        # Every loop below runs in C (map/chain/fromiter); this is the corpus-tokenising hot path.
+        per_word = list(map(get, chain.from_iterable(words_per_text)))
+        word_lengths = np.fromiter(map(len, per_word), np.int64, count=len(per_word))
+        ids = np.fromiter(chain.from_iterable(per_word), np.int32, count=int(word_lengths.sum()))
+        words_in_text = np.fromiter(map(len, words_per_text), np.int64, count=len(words_per_text))
+        ends = np.concatenate([[0], np.cumsum(word_lengths)])[np.cumsum(words_in_text)]
+        lengths = np.diff(np.concatenate([[0], ends]))
+        return ids, lengths
+
+    def _split_words(self, texts: Sequence[str]) -> list[list[str]]:
+        # str.split() (C speed) splits at exactly the right places unless a text holds one of the
+        # few whitespace characters that cleaning deletes (they must join, not split, words).
+        odd = self._deleted_space.search
         split = self._word_boundary.split
-        words_per_text = [split(t) for t in texts]
+        return [split(t) if odd(t) else t.split() for t in texts]
+
+    def _cached_word_ids(self, words_per_text: list[list[str]]):
         cache = self._word_cache
-        missing = {w for words in words_per_text for w in words if w not in cache}
+        missing = set(chain.from_iterable(words_per_text)).difference(cache)
         if missing:
             if len(cache) + len(missing) > self.max_cached_words:
                 cache.clear()
             self._tokenize_words_into(list(missing), cache)
-        return [[i for w in words for i in cache[w]] for words in words_per_text]
+        return cache.__getitem__
 
     def _tokenize_words_into(self, words: list[str], cache: dict) -> None:
-        # Many words per native call (joined by spaces; offsets say which word a token came from).
-        step = 2000
+        # Many words per native call, as pre-tokenised input: each word is normalised and split on
+        # its own, and `word_ids` says which word every token came from.
+        step = 4000
         for start in range(0, len(words), step):
             group = words[start:start + step]
-            starts = np.cumsum([0] + [len(w) + 1 for w in group[:-1]])
-            encoding = self._rust.encode(" ".join(group), add_special_tokens=False)
-            ids = encoding.ids
+            encoding = self._rust.encode(group, is_pretokenized=True, add_special_tokens=False)
             per_word: list[list[int]] = [[] for _ in group]
-            if ids:
-                owner = np.searchsorted(starts, [o[0] for o in encoding.offsets], side="right") - 1
-                for token_id, k in zip(ids, owner.tolist()):
-                    per_word[k].append(token_id)
+            for token_id, k in zip(encoding.ids, encoding.word_ids):
+                per_word[k].append(token_id)
             for w, token_ids in zip(group, per_word):
-                cache[w] = token_ids
+                cache[w] = tuple(token_ids)
 
     def tokenize_with_offsets(self, text: str) -> TokenSpans:
         enc = self._rust.encode(text, add_special_tokens=False)
