@@ -144,6 +144,8 @@ class BertConfig:
     remat: str = "none"  # see REMAT_POLICIES
     dtype: str = "float32"  # compute dtype of activations
     param_dtype: str = "float32"  # storage dtype of parameters
+    # "cudnn" applies where jax.nn.dot_product_attention runs: eval, or training with
+    # attention_probs_dropout_prob=0 (that function has no dropout; with it, einsums run).
     attention_implementation: str = "xla"  # see ATTENTION_IMPLEMENTATIONS
 
     def __post_init__(self):

@@ -68,7 +68,10 @@ class BertSelfAttention(nn.Module):
         k = nn.with_logical_constraint(dense(cfg, heads, axes, "key")(x), qkv_names)
         v = nn.with_logical_constraint(dense(cfg, heads, axes, "value")(x), qkv_names)
         if deterministic or cfg.attention_probs_dropout_prob == 0.0:
-            impl = None if cfg.attention_implementation == "xla" else cfg.attention_implementation
+            impl = cfg.attention_implementation
+            if impl == "cudnn" and mask is not None:
+                # cuDNN turns the mask into a bias, which must be [batch, 1|heads, query, key].
+                mask = jnp.broadcast_to(mask, (mask.shape[0], 1, q.shape[1], k.shape[1]))
             out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
         else:
             dropout = nn.Dropout(rate=cfg.attention_probs_dropout_prob)
