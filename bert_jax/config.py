@@ -139,7 +139,9 @@ class BertConfig:
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-12
     # bert_jax knobs (paper defaults).
-    pre_layer_norm: bool = False  # False: post-LN as in BERT; True: pre-LN + final LayerNorm
+    # False: post-LN as in BERT. True: x + f(LN(x)) in every sublayer and a final LayerNorm
+    # after the stack (Xiong et al. 2020; the embedding LayerNorm stays, as in Megatron-BERT).
+    pre_layer_norm: bool = False
     scan_layers: bool = False  # True: nn.scan over one stacked layer (faster compile)
     remat: str = "none"  # see REMAT_POLICIES
     dtype: str = "float32"  # compute dtype of activations
