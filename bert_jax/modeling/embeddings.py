@@ -62,8 +62,9 @@ class BertEmbeddings(nn.Module):
         # then a local lookup). A gather straight from a vocab- or embed-sharded table makes
         # the SPMD partitioner fall back to replicating its output ("involuntary full
         # rematerialization"). Without a mesh the constraint is a no-op.
-        # An id outside the table gives NaN rows (jnp.take's fill mode) rather than a silently
-        # clipped lookup; ids cannot be range-checked inside jit, so data pipelines check them.
+        # An id >= the table size gives a NaN row (jnp.take's fill mode) rather than a silently
+        # clipped lookup; negative ids wrap around as in NumPy. Ids cannot be range-checked
+        # inside jit, so data pipelines check them.
         table = nn.with_logical_constraint(embed.embedding, (None, None))
         return jnp.take(table, ids, axis=0).astype(compute_dtype(self.config))
 
