@@ -166,3 +166,12 @@ def test_config_is_frozen_and_hashable():
     with pytest.raises(Exception):
         cfg.hidden_size = 3
     assert hash(cfg) == hash(BertConfig.preset("tiny"))
+
+
+def test_google_multilingual_config_with_unused_pooler_keys(tmp_path):
+    # As released with multi_cased_L-12_H-768_A-12 (vocab 119547).
+    path = tmp_path / "bert_config.json"
+    path.write_text(json.dumps({**GOOGLE_BASE, "vocab_size": 119547, "directionality": "bidi", "pooler_fc_size": 768,
+                                "pooler_num_attention_heads": 12, "pooler_num_fc_layers": 3,
+                                "pooler_size_per_head": 128, "pooler_type": "first_token_transform"}))
+    assert BertConfig.from_json_file(path) == BertConfig.preset("base", vocab_size=119547)
