@@ -111,6 +111,9 @@ def test_every_bmp_code_point_matches_reference(uncased):
 @pytest.mark.slow
 def test_whole_corpus_matches_reference(uncased, cased, shared_data):
     """Every line of corpus/* and the sentiment TSVs (uncased); every 5th line cased; all code points."""
+    from data_pipelines.tokenization import _bert_char_classes, _compute_bert_char_classes
+
+    assert _compute_bert_char_classes() == _bert_char_classes()  # the on-disk cache is not stale
     lines = corpus_lines(shared_data)
     tok, ref = uncased
     mismatches = compare(tok, ref, lines)
