@@ -425,7 +425,9 @@ class WordPieceTokenizer(Tokenizer):
         missing = set(chain.from_iterable(words_per_text)).difference(cache)
         if missing:
             if len(cache) + len(missing) > self.max_cached_words:
+                # Bounded memory: start over, keeping (only) this batch's words.
                 cache.clear()
+                missing = set(chain.from_iterable(words_per_text))
             self._tokenize_words_into(list(missing), cache)
         return cache.__getitem__
 

@@ -188,6 +188,16 @@ def test_encode_batch_equals_encode(uncased, shared_data):
         tok.encode_batch(a, b[:-1])
 
 
+def test_word_cache_is_bounded_and_exact(shared_data):
+    tok = load_tokenizer(str(shared_data / UNCASED))
+    tok.max_cached_words = 50
+    lines = [f"word{i} shared text, {'x' * (i % 7)}" for i in range(200)]
+    expected = [tok._rust.encode(line, add_special_tokens=False).ids for line in lines]
+    for start in range(0, 200, 40):  # every batch overflows the cache
+        assert tok.encode_ids_batch(lines[start:start + 40]) == expected[start:start + 40]
+        assert len(tok._word_cache) <= 50 + 40 * 4
+
+
 def test_special_ids_and_vocab(uncased):
     tok, ref = uncased
     assert (tok.pad_id, tok.unk_id, tok.cls_id, tok.sep_id, tok.mask_id) == (0, 100, 101, 102, 103)
