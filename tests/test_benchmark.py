@@ -1,0 +1,62 @@
+"""The FLOP count behind MFU (against XLA's own count of the compiled step) and the benchmark CLI."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from bert_jax import flops
+from bert_jax.config import BertConfig
+from bert_jax.modeling.models import BertForPreTraining
+from tests.train_helpers import REPO, subprocess_env
+
+
+@pytest.mark.parametrize("preset", ["tiny", "mini"])
+def test_training_flops_match_xla_cost_analysis(preset):
+    """Our matmul-only count is what XLA counts for the compiled forward+backward minus the
+    elementwise work (softmax, GELU, LayerNorm): between 95% and 100% of XLA's number."""
+    config = BertConfig.preset(preset, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = BertForPreTraining(config)
+    batch, length, predictions = 2, 128, 20
+    ids = jnp.zeros((batch, length), jnp.int32)
+    positions = jnp.tile(jnp.arange(1, predictions + 1), (batch, 1))
+    boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids)["params"])
+    is_box = lambda x: hasattr(x, "unbox")
+    params = jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, boxed, is_leaf=is_box)
+
+    def loss(p):  # a real cross-entropy: a plain sum would let XLA turn the decoder's backward into a reduce
+        out = model.apply({"params": p}, ids, masked_positions=positions)
+        return (jax.nn.log_softmax(out["mlm_logits"])[..., 7].sum()
+                + jax.nn.log_softmax(out["nsp_logits"])[:, 0].sum())
+
+    compiled = jax.jit(jax.grad(loss)).lower(params).compile()
+    xla_per_token = compiled.cost_analysis()["flops"] / (batch * length)
+    ours = flops.training_flops_per_token(config, length, predictions, nsp=True)
+    assert 0.95 * xla_per_token < ours <= xla_per_token, (ours, xla_per_token)
+
+
+def test_flops_formula_for_bert_base_by_hand():
+    # BERT-base, seq 128, 20 predictions: 12 layers x (8*768^2 + 4*768*3072 + 4*128*768) per token,
+    # MLM head 20/128 x (2*768^2 + 2*768*30522), NSP (2*768^2 + 4*768)/128; x3 for training.
+    expected = 3 * (12 * (8 * 768**2 + 4 * 768 * 3072 + 4 * 128 * 768)
+                    + 20 / 128 * (2 * 768**2 + 2 * 768 * 30522) + (2 * 768**2 + 4 * 768) / 128)
+    assert flops.training_flops_per_token(BertConfig.preset("base"), 128, 20, nsp=True) == pytest.approx(expected)
+
+
+def test_benchmark_prints_one_json_line():
+    result = subprocess.run(
+        [sys.executable, "-m", "bert_jax.benchmark", "--model", "tiny", "--seq-len", "32", "--batch-size", "4",
+         "--steps", "2", "--warmup", "1", "--peak-flops", "1e11"],
+        cwd=REPO, env=subprocess_env(1), capture_output=True, text=True, check=True)
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1
+    out = json.loads(lines[0])
+    assert out["masked_predictions"] == 5  # ceil(0.15 * 32)
+    assert out["tokens_per_s"] == pytest.approx(4 * 32 / out["step_time_s"])
+    assert out["model_flops_per_token"] == pytest.approx(
+        flops.training_flops_per_token(BertConfig.preset("tiny"), 32, 5, nsp=True))
+    assert out["mfu"] == pytest.approx(out["tokens_per_s"] * out["model_flops_per_token"] / 1e11)
+    assert out["peak_flops"] == 1e11 and out["peak_flops_source"] == "config"
