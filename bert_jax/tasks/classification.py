@@ -25,6 +25,7 @@ import numpy as np
 
 from bert_jax import metrics as metrics_lib
 from bert_jax.tasks import features as features_lib
+from bert_jax.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def correlation_metrics(labels, predictions) -> dict:
 # ---- the task ------------------------------------------------------------------------------
 
 
-class SequenceClassificationTask:
+class SequenceClassificationTask(Task):
     """Classification (label_names given) or regression (label_names None) over text (pairs).
 
     `eval_sets` maps a name to examples; with more than one set (MNLI matched/mismatched)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 

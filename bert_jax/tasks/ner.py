@@ -25,6 +25,7 @@ import numpy as np
 
 from bert_jax import metrics as metrics_lib
 from bert_jax.tasks import features as features_lib
+from bert_jax.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ def build_features(tokenizer, sentences: Sequence[TaggedSentence], labels: Seque
     return NerFeatures(arrays, np.asarray(sentence_index, np.int32), np.stack(word_index))
 
 
-class NerTask:
+class NerTask(Task):
     main_metric = "f1"
     higher_is_better = True
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from bert_jax import metrics as metrics_lib
 from bert_jax.tasks import features as features_lib
+from bert_jax.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +333,7 @@ def evaluate_predictions(examples: Sequence[SquadExample], predictions: dict[str
 # ---- the task ----------------------------------------------------------------------------------
 
 
-class SquadTask:
+class SquadTask(Task):
     higher_is_better = True
 
     def __init__(

@@ -34,6 +34,7 @@ from bert_jax.config import BertConfig
 from bert_jax.modeling.heads import gather_positions, logits_dense
 from bert_jax.modeling.models import BertModel
 from bert_jax.tasks import features as features_lib
+from bert_jax.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +256,7 @@ class BertForExtractiveSummarization(nn.Module):
         return {**out, "sentence_logits": logits}
 
 
-class SummarizationTask:
+class SummarizationTask(Task):
     main_metric = "rouge2"
     higher_is_better = True
 
