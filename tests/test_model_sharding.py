@@ -2,7 +2,6 @@
 params are really split, and outputs equal the single-device outputs."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
