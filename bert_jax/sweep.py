@@ -86,14 +86,20 @@ def _flag_value(value: Any) -> str:
     return str(value)
 
 
-def load_sweep(path: str) -> dict[str, Any]:
-    """Imports an ablation file and checks the fields of its `get_sweep()`."""
+def _import_file(path: str, kind: str):
+    """Imports a Python file by path (ablation and experiment files are not packages' modules)."""
     file = pathlib.Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"ablation file {path} does not exist")
-    spec = importlib.util.spec_from_file_location(f"_ablation_{file.stem}", file)
+        raise FileNotFoundError(f"{kind} file {path} does not exist")
+    spec = importlib.util.spec_from_file_location(f"_{kind}_{file.stem}", file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def load_sweep(path: str) -> dict[str, Any]:
+    """Imports an ablation file and checks the fields of its `get_sweep()`."""
+    module = _import_file(path, "ablation")
     if not hasattr(module, "get_sweep"):
         raise ValueError(f"{path}: an ablation file must define get_sweep()")
     sweep = module.get_sweep()
@@ -112,12 +118,7 @@ GRID_FIELDS = {"learning_rate": "optimizer.learning_rate", "batch_size": "train.
 
 def _load_experiment_config(config_spec: str):
     path, _, arg = config_spec.partition(":")
-    file = pathlib.Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"experiment file {path} does not exist")
-    spec = importlib.util.spec_from_file_location(f"_experiment_{file.stem}", file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _import_file(path, "experiment")
     return module.get_config(arg) if arg else module.get_config()
 
 
