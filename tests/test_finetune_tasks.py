@@ -88,3 +88,25 @@ def test_jsonl_summarization_through_the_trainer(tiny_checkpoint, tmp_path):
     assert set(results["final_metrics"]) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
     rows = [json.loads(line) for line in (tmp_path / "run" / "predictions").read_text().splitlines()]
     assert len(rows) == 8 and all(len(r["selected"]) == 3 for r in rows)
+
+
+@pytest.mark.slow
+def test_glue_tsv_run_then_test_submission(tiny_checkpoint, tmp_path):
+    """A GLUE run from GLUE's own TSV files, then the server files from its best checkpoint."""
+    from bert_jax import train
+    from bert_jax.tasks import glue
+
+    data = tmp_path / "SST-2"
+    data.mkdir()
+    rows = [("a gorgeous , witty , seductive movie .", 1), ("the plot is nothing but boilerplate .", 0)] * 8
+    (data / "train.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{label}\n" for s, label in rows))
+    (data / "dev.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{label}\n" for s, label in rows[:4]))
+    (data / "test.tsv").write_text("index\tsentence\n" + "".join(f"{i}\t{s}\n" for i, (s, _) in enumerate(rows[:5])))
+    config = _config("finetune_glue", "sst2", tiny_checkpoint, max_seq_length=32, **{"task.data_dir": str(data)})
+    results = train.train_and_evaluate(config, tmp_path / "run")
+    assert results["main_metric"] == "accuracy" and set(results["final_metrics"]) == {"accuracy"}
+    (path,) = glue.write_test_predictions(tmp_path / "run")
+    lines = path.read_text().splitlines()
+    assert path.name == "SST-2.tsv" and lines[0] == "index\tprediction" and len(lines) == 6
+    assert [line.split("\t")[0] for line in lines[1:]] == ["0", "1", "2", "3", "4"]
+    assert {line.split("\t")[1] for line in lines[1:]} <= {"0", "1"}
