@@ -50,7 +50,7 @@ class RunCheckpointer:
         keep = int(cfg["keep"])
         if keep < 1:
             raise ValueError(f"config.checkpoint.keep: expected >= 1, found {keep}")
-        self.main_metric = main_metric
+        self.main_metric, self.higher_is_better = main_metric, higher_is_better
         policies = [ocp.checkpoint_managers.LatestN(n=keep)]
         if cfg["keep_best"] and main_metric:
             # BestN sorts ascending and keeps the last n: reverse for lower-is-better metrics.
@@ -99,11 +99,6 @@ class RunCheckpointer:
                 f"processes but this run has {jax.process_count()}; resume with the same number of hosts")
         return restored["state"], states[jax.process_index()], restored["meta"]
 
-    def best_step(self) -> int | None:
-        if not self.main_metric:
-            return None
-        return self.manager.best_step()
-
     def wait_until_finished(self) -> None:
         self.manager.wait_until_finished()
 
@@ -129,4 +124,4 @@ def restore_params(directory: str | pathlib.Path, step: int | None = None) -> tu
     state = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeRestore(item=None, restore_args=restore_args)))["state"]
     manager.close()
-    return state["params"], step
+    return jax.tree.map(np.asarray, state["params"]), step
