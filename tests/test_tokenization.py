@@ -8,7 +8,6 @@ added-token matcher, i.e. Google's pipeline, which tokenises a literal "[MASK]" 
 import random
 import subprocess
 import sys
-import unicodedata
 
 import numpy as np
 import pytest
