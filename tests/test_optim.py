@@ -138,3 +138,25 @@ def test_lamb_applies_the_trust_ratio_with_the_same_mask():
     lr = float(optim.learning_rate_schedule(1e-4, 0, 1000)(0))
     np.testing.assert_allclose(np.asarray(updates["dense"]["kernel"]), -lr * 2.0, rtol=1e-4)
     np.testing.assert_allclose(np.asarray(updates["LayerNorm"]["bias"]), -lr * 1.0, rtol=1e-4)
+
+
+def test_mask_on_the_real_model_tree():
+    """On BertForPreTraining's own params (both layer layouts): exactly the LayerNorm params and
+    the biases are excluded."""
+    from bert_jax.config import BertConfig
+    from bert_jax.modeling.models import BertForPreTraining
+
+    for scan in (False, True):
+        model = BertForPreTraining(BertConfig.preset("tiny", scan_layers=scan))
+        boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"])
+        is_box = lambda x: hasattr(x, "unbox")
+        params = jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, boxed, is_leaf=is_box)
+        mask = optim.weight_decay_mask(params)
+        flat = {optim.param_path(p): v for p, v in jax.tree_util.tree_leaves_with_path(
+            mask, is_leaf=lambda x: isinstance(x, bool))}
+        assert flat, "no params"
+        for name, decayed in flat.items():
+            excluded = "LayerNorm" in name or name.split("/")[-1] in ("bias", "output_bias")
+            assert decayed == (not excluded), name
+        decayed = sorted(name for name, v in flat.items() if v)
+        assert len(decayed) == 6 + 6 * (1 if scan else 2)  # 3 embeddings, pooler, MLM transform, NSP + 6 kernels per layer

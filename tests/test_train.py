@@ -181,3 +181,14 @@ def test_bad_config_values_are_named():
     config = tiny_config(batch_size=12)
     with pytest.raises(ValueError, match="not divisible by the 8 data-parallel devices"):
         train.train_and_evaluate(config, "/tmp/unused_2")
+
+
+def test_bf16_compute_keeps_float32_master_weights_with_remat_and_scan(tmp_path):
+    config = tiny_config(num_steps=2)
+    config.model.update(dtype="bfloat16", param_dtype="float32", remat="full", scan_layers=True)
+    results, state = train.train_and_evaluate(config, tmp_path, devices=jax.devices()[:1], return_state=True)
+    assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype("float32")}
+    assert "layers" in state.params["bert"]["encoder"]  # the scanned layout
+    losses = losses_by_step(tmp_path)
+    assert all(math.isfinite(losses[s]) for s in (1, 2))
+    assert abs(losses[1] - math.log(1024) - math.log(2)) < 0.5  # MLM ~ ln(vocab) + NSP ~ ln 2 at init
