@@ -12,11 +12,11 @@ CORPUS = "$BERT_JAX_DATA/corpus/*.txt"
 
 PRETRAIN_BUDGET = {
     "train.batch_size": 64,
-    "train.num_steps": 1500,
+    "train.num_steps": 600,
     "train.log_every": 50,
     "optimizer.learning_rate": 1e-3,  # a tiny model at batch 64 tolerates more than the paper's 1e-4
-    "optimizer.warmup_steps": 150,
-    "checkpoint.every_steps": 500,
+    "optimizer.warmup_steps": 60,
+    "checkpoint.every_steps": 200,
     "checkpoint.keep": 1,
 }
 
