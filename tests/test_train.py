@@ -183,6 +183,7 @@ def test_bad_config_values_are_named():
         train.train_and_evaluate(config, "/tmp/unused_2")
 
 
+@pytest.mark.slow
 def test_bf16_compute_keeps_float32_master_weights_with_remat_and_scan(tmp_path):
     config = tiny_config(num_steps=2)
     config.model.update(dtype="bfloat16", param_dtype="float32", remat="full", scan_layers=True)
