@@ -72,6 +72,10 @@ class ProgressBar:
             from tqdm import tqdm
             self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
 
+    @property
+    def active(self) -> bool:
+        return self._bar is not None
+
     def update(self, step: int, postfix: Mapping[str, float] | None = None) -> None:
         if self._bar is None:
             return

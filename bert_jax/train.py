@@ -289,6 +289,10 @@ class _SigtermFlag:
         self._previous = None
 
     def __enter__(self):
+        if jax.process_count() > 1:
+            # Multi-host: JAX's preemption notifier (installed by jax.distributed.initialize)
+            # owns SIGTERM, and `_preempted` asks it; a Python handler would replace it.
+            return self
         try:
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         except ValueError:  # not the main thread: no handler, no preemption support
@@ -309,8 +313,9 @@ def _preempted(flag: _SigtermFlag, step: int) -> bool:
         return flag.raised
     # Every host must agree on the step to save at: the coordination service's preemption
     # notice (it listens for SIGTERM on each host) gives one answer to all of them.
+    # (A host-local flag must not decide: a host saving alone would wait forever for the others.)
     from jax.experimental import multihost_utils
-    return flag.raised or multihost_utils.reached_preemption_sync_point(step)
+    return multihost_utils.reached_preemption_sync_point(step)
 
 
 def _process_rows(batch: dict, process_index: int, process_count: int) -> dict:
@@ -437,7 +442,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None, devices=No
                     flops_per_token = flops_lib.training_flops_per_token(
                         bert_config, seq_len, predictions, nsp="next_sentence_labels" in batch)
                     tokens_per_step = int(tc.batch_size) * seq_len
-                if step % tc.log_every == 0 or step == total_steps:
+                if step % tc.log_every == 0 or step == total_steps:  # the first interval includes compilation
                     host_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     elapsed = time.perf_counter() - interval_start
                     tokens_per_s = interval_steps * tokens_per_step / elapsed
@@ -448,7 +453,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None, devices=No
                     check_finite_policy()
                     writer.write(step, "train", host_metrics)
                     bar.update(step, {"loss": host_metrics["loss"]})
-                    if not bar._bar and is_main:
+                    if not bar.active and is_main:
                         log.info("step %d: %s", step, {k: round(v, 5) for k, v in host_metrics.items()})
                     interval_start, interval_steps = time.perf_counter(), 0
                 saved = False
