@@ -19,6 +19,10 @@ linear decay, dropout 0.1, 3 epochs, batch 32, lr 2e-5; config.sweep holds the p
 from bert_jax.tasks import finetuning, glue
 
 
+# The arguments this file documents; tests/test_experiments.py validates each.
+DOCUMENTED_ARGS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
+
+
 def get_config(arg: str = "sst2"):
     spec = glue.get_spec(arg)
     config = finetuning.base_config("glue", max_seq_length=128)

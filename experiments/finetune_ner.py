@@ -22,6 +22,10 @@ PRESETS = {
 }
 
 
+# The arguments this file documents; tests/test_experiments.py validates each.
+DOCUMENTED_ARGS = ("", "conll2003", "wnut16")
+
+
 def get_config(arg: str = ""):
     if arg not in PRESETS:
         raise ValueError(f"experiments/finetune_ner.py: unknown preset {arg!r}; expected one of {sorted(PRESETS)}")

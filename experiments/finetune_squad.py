@@ -16,6 +16,10 @@ Recipe: lr 3e-5, batch 32, 2 epochs (v1.1; the paper's SQuAD setting), warmup 10
 from bert_jax.tasks import finetuning
 
 
+# The arguments this file documents; tests/test_experiments.py validates each.
+DOCUMENTED_ARGS = ("v1.1", "v2.0")
+
+
 def get_config(arg: str = "v1.1"):
     if arg not in ("v1.1", "v2.0"):
         raise ValueError(f"experiments/finetune_squad.py: expected v1.1 or v2.0, got {arg!r}")

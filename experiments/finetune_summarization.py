@@ -14,6 +14,10 @@ schedule); here AdamW with 10% warmup and linear decay, lr 2e-5 by default, 3 ep
 from bert_jax.tasks import finetuning
 
 
+# The arguments this file documents; tests/test_experiments.py validates each.
+DOCUMENTED_ARGS = ("", "cnn_dailymail")
+
+
 def get_config(arg: str = ""):
     if arg not in ("", "cnn_dailymail"):
         raise ValueError(f"experiments/finetune_summarization.py: expected '' or cnn_dailymail, got {arg!r}")

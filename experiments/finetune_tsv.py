@@ -32,6 +32,10 @@ PRESETS = {
 }
 
 
+# The arguments this file documents; tests/test_experiments.py validates each.
+DOCUMENTED_ARGS = ("", "sentiment", "rotten_tomatoes", "bible")
+
+
 def get_config(arg: str = ""):
     if arg not in PRESETS:
         raise ValueError(f"experiments/finetune_tsv.py: unknown preset {arg!r}; expected one of {sorted(PRESETS)}")

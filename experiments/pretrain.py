@@ -24,6 +24,10 @@ PHASES = {
 }
 
 
+# The arguments this file documents; tests/test_experiments.py validates each.
+DOCUMENTED_ARGS = ("tiny", "mini", "small", "medium", "base", "large", "base,phase1", "base,phase2", "tiny,synthetic")
+
+
 def get_config(arg: str = "base") -> ml_collections.ConfigDict:
     parts = [p.strip() for p in arg.split(",") if p.strip()]
     preset, options = parts[0], set(parts[1:])
