@@ -192,7 +192,7 @@ def make_train_step(task, model, tx, schedule: Callable, grad_accum_steps: int, 
                      jax.tree.map(jnp.zeros_like, state.params))
             (loss, metrics, grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(k), micro))
             loss, metrics, grads = jax.tree.map(lambda x: x / k, (loss, metrics, grads))
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
