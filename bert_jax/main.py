@@ -12,6 +12,7 @@ import logging
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment file: path/to/file.py:arg", lock_config=True)
@@ -23,6 +24,8 @@ def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger("bert_jax").setLevel(logging.INFO)
+    # orbax logs every file rename of every save at INFO through absl; keep its warnings only.
+    absl_logging.set_verbosity(absl_logging.WARNING)
     config = _CONFIG.value
     from bert_jax import train  # after flag parsing: importing jax is slow
     train.maybe_initialize_distributed(config.distributed)
