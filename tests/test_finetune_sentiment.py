@@ -9,7 +9,7 @@ training examples, 1 epoch, lr 5e-5, seq 64) reached 83.0% (see the issue note).
 It runs the documented command line in a subprocess (one JAX device, as a user runs it):
 
     python -m bert_jax.main --config experiments/finetune_tsv.py:sentiment --workdir W \
-        --config.init_from=$BERT_JAX_DATA/models/all-MiniLM-L6-v2 --config.max_seq_length=64 \
+        --config.init_from=$BERT_JAX_DATA/models/all-MiniLM-L6-v2 --config.max_seq_length=48 \
         --config.num_epochs=0 --config.train.num_steps=120 --config.optimizer.learning_rate=1e-4
 
 120 steps of batch 32 (3,840 examples, ~1 epoch), 10% warmup then linear decay, max_seq_length 48
