@@ -358,11 +358,11 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None, devices=No
     checkpointer = RunCheckpointer(workdir, config.checkpoint, task.main_metric,
                                    getattr(task, "higher_is_better", True))
 
-    # The logical rules shard params, optimizer state and batches explicitly (in/out shardings);
-    # activations follow by XLA's sharding propagation. The rules are deliberately NOT installed as
-    # a context: with them, flax's DenseGeneral applies a boxed 3-axis kernel's constraint to its
-    # flat 2-D init (flax re-runs param inits under eval_shape even in apply) and tracing fails.
-    with jax.set_mesh(mesh):
+    # The logical rules shard params, optimizer state and batches explicitly (in/out shardings), and,
+    # installed as a context, they also turn the model's activation constraints on
+    # (`nn.with_logical_constraint` at layer boundaries), so tensor parallelism keeps activations
+    # split instead of leaving them to XLA's propagation.
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         layout = state_layout(model, tx, mesh, rules, int(config.seed))
         param_shardings, state_shardings = layout.param_shardings, layout.state_shardings
         replicated = sharding.replicated(mesh)
