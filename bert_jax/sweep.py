@@ -248,6 +248,10 @@ def _final_metrics(stage: Stage) -> dict[str, float]:
         return {}
     results = json.loads(path.read_text(encoding="utf-8"))
     metrics = results.get("final_metrics") or {}
+    if not metrics:  # a run without an eval split: its last logged training losses and accuracies
+        train_rows = [r for r in _read_jsonl(stage.workdir / METRICS_FILE) if r.get("split") == "train"]
+        last = train_rows[-1] if train_rows else {}
+        metrics = {f"train_{k}": v for k, v in last.items() if k.endswith(("loss", "accuracy"))}
     return {f"{stage.name}/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
 

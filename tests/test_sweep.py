@@ -138,3 +138,9 @@ def test_best_variant_follows_the_direction_of_the_main_metric(tmp_path):
         (stage.workdir / "results.json").write_text(json.dumps(
             {"main_metric": "loss", "higher_is_better": False, "final_metrics": {"loss": value}}))
     assert sweep_lib.best_variant(runs) == ("a", "loss", 0.5)
+
+
+def test_a_stage_without_eval_reports_its_last_training_losses(tmp_path):
+    stage = sweep_lib.Stage("pretrain", "x.py", tmp_path, {})
+    _fake_results(stage, {}, [(1, 9.0), (2, 4.5)])
+    assert sweep_lib._final_metrics(stage) == {"pretrain/train_loss": 4.5, "pretrain/train_accuracy": 4.5}
