@@ -60,3 +60,16 @@ def test_benchmark_prints_one_json_line():
         flops.training_flops_per_token(BertConfig.preset("tiny"), 32, 5, nsp=True))
     assert out["mfu"] == pytest.approx(out["tokens_per_s"] * out["model_flops_per_token"] / 1e11)
     assert out["peak_flops"] == 1e11 and out["peak_flops_source"] == "config"
+
+
+def test_matmul_peak_can_be_measured_inside_a_training_mesh():
+    # The trainer asks for the peak inside its mesh context; jit there used to refuse the
+    # one-device probe array ("incompatible devices").
+    import jax
+    import numpy as np
+
+    from bert_jax import flops as flops_lib
+
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    with jax.set_mesh(mesh):
+        assert flops_lib.measure_matmul_peak(size=128, repeats=2) > 0
