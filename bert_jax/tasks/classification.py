@@ -200,15 +200,7 @@ class SequenceClassificationTask(Task):
         return features_lib.padded_batches(self.eval_features, batch_size)
 
     def _logits(self, model, params, batch, deterministic, dropout_rng=None):
-        rngs = None if deterministic else {"dropout": dropout_rng}
-        outputs = model.apply(
-            {"params": params},
-            input_ids=batch["input_ids"],
-            token_type_ids=batch["token_type_ids"],
-            attention_mask=batch["attention_mask"],
-            deterministic=deterministic,
-            rngs=rngs,
-        )
+        outputs = features_lib.apply_model(model, params, batch, deterministic, dropout_rng)
         return outputs["logits"].astype("float32")  # [batch, num_labels]
 
     def loss_and_metrics(self, model, params, batch, dropout_rng):

@@ -127,3 +127,16 @@ def padded_batches(arrays: dict[str, np.ndarray], batch_size: int) -> list[dict]
             batch["example_index"] = np.where(weight > 0, batch["example_index"], -1).astype(np.int32)
         batches.append(batch)
     return batches
+
+
+def apply_model(model, params, batch: dict, deterministic: bool, dropout_rng=None, **extra_inputs) -> dict:
+    """The fine-tuning models' forward pass on a feature batch (dropout only when not deterministic)."""
+    return model.apply(
+        {"params": params},
+        input_ids=batch["input_ids"],  # [batch, length]
+        token_type_ids=batch["token_type_ids"],
+        attention_mask=batch["attention_mask"],
+        deterministic=deterministic,
+        rngs=None if deterministic else {"dropout": dropout_rng},
+        **extra_inputs,
+    )

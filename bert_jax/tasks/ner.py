@@ -213,14 +213,7 @@ class NerTask(Task):
         return features_lib.padded_batches(self.eval_features.arrays, batch_size)
 
     def _logits(self, model, params, batch, deterministic, dropout_rng=None):
-        outputs = model.apply(
-            {"params": params},
-            input_ids=batch["input_ids"],
-            token_type_ids=batch["token_type_ids"],
-            attention_mask=batch["attention_mask"],
-            deterministic=deterministic,
-            rngs=None if deterministic else {"dropout": dropout_rng},
-        )
+        outputs = features_lib.apply_model(model, params, batch, deterministic, dropout_rng)
         return outputs["logits"].astype("float32")  # [batch, length, num_labels]
 
     def loss_and_metrics(self, model, params, batch, dropout_rng):

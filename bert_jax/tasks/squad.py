@@ -394,14 +394,7 @@ class SquadTask(Task):
         return features_lib.padded_batches(self.eval_features.arrays, batch_size)
 
     def _logits(self, model, params, batch, deterministic, dropout_rng=None):
-        outputs = model.apply(
-            {"params": params},
-            input_ids=batch["input_ids"],
-            token_type_ids=batch["token_type_ids"],
-            attention_mask=batch["attention_mask"],
-            deterministic=deterministic,
-            rngs=None if deterministic else {"dropout": dropout_rng},
-        )
+        outputs = features_lib.apply_model(model, params, batch, deterministic, dropout_rng)
         return outputs["start_logits"].astype("float32"), outputs["end_logits"].astype("float32")  # [batch, length]
 
     def loss_and_metrics(self, model, params, batch, dropout_rng):

@@ -299,15 +299,8 @@ class SummarizationTask(Task):
         return features_lib.padded_batches(self.eval_features.arrays, batch_size)
 
     def _logits(self, model, params, batch, deterministic, dropout_rng=None):
-        out = model.apply(
-            {"params": params},
-            input_ids=batch["input_ids"],
-            token_type_ids=batch["token_type_ids"],
-            attention_mask=batch["attention_mask"],
-            cls_positions=batch["cls_positions"],
-            deterministic=deterministic,
-            rngs=None if deterministic else {"dropout": dropout_rng},
-        )
+        out = features_lib.apply_model(model, params, batch, deterministic, dropout_rng,
+                                       cls_positions=batch["cls_positions"])
         return out["sentence_logits"].astype("float32")  # [batch, sentences]
 
     def loss_and_metrics(self, model, params, batch, dropout_rng):
