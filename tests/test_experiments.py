@@ -61,8 +61,11 @@ def test_experiment_config_is_complete_and_valid(path, arg):
         from data_pipelines.input_pipeline import resolve_data_config
 
         data = config.data.to_dict()
+        # The fields a user gives on the command line (the docstrings' commands show them).
         if not (data["input_files"] or data["tfds_name"]):
-            data["input_files"] = "given/on/the/command/line/*.tfrecord"  # the one field left to the user
+            data["input_files"] = "given/on/the/command/line/*.tfrecord"
+        if data["dynamic_masking"] and not data["vocab_file"]:
+            data["vocab_file"] = "given/on/the/command/line/vocab.txt"
         resolve_data_config(data)
 
 
