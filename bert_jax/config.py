@@ -192,16 +192,23 @@ class BertConfig:
                 raise ConfigError(f"BertConfig.{name} must be true or false, found {getattr(self, name)!r}")
 
     def validate_vocab(self, vocab_path: str | os.PathLike) -> None:
-        """Raises ConfigError unless the WordPiece vocab file has exactly vocab_size entries."""
-        with open(vocab_path, encoding="utf-8") as f:
-            text = f.read()
-        # One token per line, as Google's tokenization.load_vocab reads it.
-        lines = text.split("\n")
-        if lines and lines[-1] == "":
-            lines.pop()
-        if len(lines) != self.vocab_size:
+        """Raises ConfigError unless the vocab (WordPiece vocab.txt or SentencePiece .model) has
+        exactly vocab_size entries."""
+        if os.fspath(vocab_path).endswith(".model"):
+            import sentencepiece
+
+            size = sentencepiece.SentencePieceProcessor(model_file=os.fspath(vocab_path)).get_piece_size()
+        else:
+            with open(vocab_path, encoding="utf-8") as f:
+                text = f.read()
+            # One token per line, as Google's tokenization.load_vocab reads it.
+            lines = text.split("\n")
+            if lines and lines[-1] == "":
+                lines.pop()
+            size = len(lines)
+        if size != self.vocab_size:
             raise ConfigError(
-                f"vocab file {os.fspath(vocab_path)} has {len(lines)} entries but "
+                f"vocab file {os.fspath(vocab_path)} has {size} entries but "
                 f"BertConfig.vocab_size is {self.vocab_size}; the embedding table must have "
                 f"one row per vocab entry"
             )

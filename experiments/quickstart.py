@@ -40,8 +40,8 @@ DUPE_FACTOR = 5  # distinct maskings of the corpus: ~21k instances of up to 128 
 DOCUMENTED_ARGS = ("pretrain", "finetune")
 
 # The budget. Pretraining gets most of the 10 minutes; both fine-tuning runs get the same one.
-PRETRAIN = dict(batch_size=64, num_steps=1500, learning_rate=1e-3, warmup_steps=150)
-FINETUNE = dict(batch_size=32, num_epochs=3, learning_rate=1e-4, max_seq_length=64)
+PRETRAIN = dict(batch_size=64, num_steps=400, learning_rate=1e-3, warmup_steps=40)
+FINETUNE = dict(batch_size=32, num_epochs=2, learning_rate=1e-4, max_seq_length=64)
 
 
 def get_config(arg: str = "pretrain"):
@@ -54,7 +54,7 @@ def get_config(arg: str = "pretrain"):
         config.train.eval_every = 0
         config.optimizer.learning_rate = PRETRAIN["learning_rate"]
         config.optimizer.warmup_steps = PRETRAIN["warmup_steps"]
-        config.checkpoint.every_steps = 500
+        config.checkpoint.every_steps = 200
         config.checkpoint.keep = 1
         return config
     if arg == "finetune":
@@ -81,10 +81,11 @@ def write_random_init(pretrain_workdir: pathlib.Path, out_dir: pathlib.Path, voc
     """The pretrained run's architecture with freshly initialised weights, as a bert_jax checkpoint."""
     import jax
 
-    from bert_jax import load_pretrained, save_pretrained
+    from bert_jax import save_pretrained
+    from bert_jax.checkpoints import load_config
     from bert_jax.modeling.models import BertForPreTraining
 
-    config, _ = load_pretrained(pretrain_workdir)
+    config = load_config(pretrain_workdir)
     params = BertForPreTraining(config).init(jax.random.PRNGKey(0), jax.numpy.ones((1, 8), "int32"))["params"]
     save_pretrained(jax.device_get(params), config, out_dir, format="bert_jax", vocab_file=vocab_file)
 

@@ -175,3 +175,17 @@ def test_google_multilingual_config_with_unused_pooler_keys(tmp_path):
                                 "pooler_num_attention_heads": 12, "pooler_num_fc_layers": 3,
                                 "pooler_size_per_head": 128, "pooler_type": "first_token_transform"}))
     assert BertConfig.from_json_file(path) == BertConfig.preset("base", vocab_size=119547)
+
+
+def test_validate_vocab_reads_sentencepiece_models(tmp_path):
+    import sentencepiece
+
+    from bert_jax.config import BertConfig, ConfigError
+
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(f"sentence number {i} with some words in it" for i in range(200)) + "\n")
+    sentencepiece.SentencePieceTrainer.train(input=str(text), model_prefix=str(tmp_path / "spm"), vocab_size=40,
+                                             model_type="unigram", minloglevel=2)
+    BertConfig.preset("tiny", vocab_size=40).validate_vocab(tmp_path / "spm.model")
+    with pytest.raises(ConfigError, match="has 40 entries but BertConfig.vocab_size is 30522"):
+        BertConfig.preset("tiny").validate_vocab(tmp_path / "spm.model")
