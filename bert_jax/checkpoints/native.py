@@ -25,6 +25,7 @@ from bert_jax.config import BertConfig
 CONFIG_FILE = "bert_jax_config.json"
 PARAMS_FILE = "params.safetensors"
 VOCAB_FILE = "vocab.txt"
+SPM_FILE = "spm.model"
 FORMAT_NAME = "bert_jax"
 FORMAT_VERSION = "1"
 
@@ -48,7 +49,9 @@ def save(flat: Mapping[str, Any], config: BertConfig, directory: str, vocab_file
         metadata={"format": FORMAT_NAME, "format_version": FORMAT_VERSION},
     )
     if vocab_file is not None:
-        shutil.copyfile(vocab_file, os.path.join(directory, VOCAB_FILE))
+        # A SentencePiece model keeps its own name (features.resolve_vocab_file looks for both).
+        name = SPM_FILE if os.fspath(vocab_file).endswith(".model") else VOCAB_FILE
+        shutil.copyfile(vocab_file, os.path.join(directory, name))
 
 
 def load(directory: str, dtype=np.float32, check_vocab: bool = True) -> tuple[BertConfig, dict[str, Any]]:
