@@ -41,7 +41,8 @@ DOCUMENTED_ARGS = ("pretrain", "finetune")
 
 # The budget. Pretraining gets most of the 10 minutes; both fine-tuning runs get the same one.
 PRETRAIN = dict(batch_size=64, num_steps=400, learning_rate=1e-3, warmup_steps=40)
-FINETUNE = dict(batch_size=32, num_epochs=2, learning_rate=1e-4, max_seq_length=64)
+# lr 1e-3: at 1e-4 both tiny models stayed at the majority class (0.586) after 250 steps.
+FINETUNE = dict(batch_size=32, num_epochs=3, learning_rate=1e-3, max_seq_length=64)
 
 
 def get_config(arg: str = "pretrain"):
