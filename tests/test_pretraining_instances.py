@@ -5,12 +5,14 @@ fixed seeds; every tolerance is at least 3 standard deviations of the measured q
 """
 
 import hashlib
+import json
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from data_pipelines import create_pretraining_data as cli
 from data_pipelines import pretraining_instances as pi
 from data_pipelines.text_input import read_google_documents
 from data_pipelines.tfrecord_io import (PRETRAINING_FEATURES, TFRecordWriter, encode_example, encode_examples,
@@ -254,8 +256,14 @@ def test_cli_output_is_deterministic_and_readable_by_tensorflow(shared_data, tmp
     common = ["--input_file", f"{shared_data}/corpus/lee_news.txt",
               "--vocab_file", str(shared_data / UNCASED), "--dupe_factor", "2", "--num_shards", "3",
               "--max_seq_length", "64", "--max_predictions_per_seq", "10"]
-    one = cli.main(common + ["--output_dir", str(tmp_path / "one"), "--num_workers", "1"])
-    two = cli.main(common + ["--output_dir", str(tmp_path / "two"), "--num_workers", "2"])
+    # In a subprocess: its workers fork, and forking the pytest process (JAX threads running) can deadlock.
+    def run_cli(out_dir, workers):
+        subprocess.run([sys.executable, "-m", "data_pipelines.create_pretraining_data", *common,
+                        "--output_dir", str(out_dir), "--num_workers", str(workers)], check=True, capture_output=True)
+        return json.loads((out_dir / "metadata.json").read_text())["counts"]
+
+    one = run_cli(tmp_path / "one", 1)
+    two = run_cli(tmp_path / "two", 2)
     paths = sorted((tmp_path / "one").glob("*.tfrecord"))
     assert len(paths) == 3 and one["instances"] == two["instances"] > 1000
     for p in paths:
