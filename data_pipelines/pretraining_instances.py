@@ -179,11 +179,7 @@ class TokenizedCorpus:
     @classmethod
     def _build(cls, pieces, sentence_lengths, doc_sizes) -> "TokenizedCorpus":
         token_ids = np.concatenate(pieces).astype(np.int32) if pieces else np.zeros(0, np.int32)
-        sentence_starts = np.zeros(len(sentence_lengths) + 1, np.int64)
-        np.cumsum(sentence_lengths, out=sentence_starts[1:])
-        document_starts = np.zeros(len(doc_sizes) + 1, np.int64)
-        np.cumsum(doc_sizes, out=document_starts[1:])
-        return cls(token_ids, sentence_starts, document_starts)
+        return cls._from_lengths(token_ids, sentence_lengths, doc_sizes)
 
     @classmethod
     def concatenate(cls, parts: Sequence["TokenizedCorpus"]) -> "TokenizedCorpus":
