@@ -140,3 +140,13 @@ def apply_model(model, params, batch: dict, deterministic: bool, dropout_rng=Non
         rngs=None if deterministic else {"dropout": dropout_rng},
         **extra_inputs,
     )
+
+
+class ArrayFeaturesTask:
+    """Mixin: a task whose `train_features` / `eval_features` hold `.arrays` ({name: [examples, ...]})."""
+
+    def train_iterator(self, batch_size, seed, process_index=0, process_count=1):
+        return ArrayBatchIterator(self.train_features.arrays, batch_size, seed, process_index, process_count)
+
+    def eval_batches(self, batch_size) -> list[dict]:
+        return padded_batches(self.eval_features.arrays, batch_size)

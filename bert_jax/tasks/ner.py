@@ -166,7 +166,7 @@ def build_features(tokenizer, sentences: Sequence[TaggedSentence], labels: Seque
     return NerFeatures(arrays, np.asarray(sentence_index, np.int32), np.stack(word_index))
 
 
-class NerTask(Task):
+class NerTask(features_lib.ArrayFeaturesTask, Task):
     main_metric = "f1"
     higher_is_better = True
 
@@ -205,12 +205,6 @@ class NerTask(Task):
 
         features_lib.check_vocab(self.tokenizer, bert_config)
         return BertForTokenClassification(config=bert_config, num_labels=self.num_labels)
-
-    def train_iterator(self, batch_size, seed, process_index=0, process_count=1):
-        return features_lib.ArrayBatchIterator(self.train_features.arrays, batch_size, seed, process_index, process_count)
-
-    def eval_batches(self, batch_size) -> Iterable[dict]:
-        return features_lib.padded_batches(self.eval_features.arrays, batch_size)
 
     def _logits(self, model, params, batch, deterministic, dropout_rng=None):
         outputs = features_lib.apply_model(model, params, batch, deterministic, dropout_rng)

@@ -333,7 +333,7 @@ def evaluate_predictions(examples: Sequence[SquadExample], predictions: dict[str
 # ---- the task ----------------------------------------------------------------------------------
 
 
-class SquadTask(Task):
+class SquadTask(features_lib.ArrayFeaturesTask, Task):
     higher_is_better = True
 
     def __init__(
@@ -386,12 +386,6 @@ class SquadTask(Task):
 
         features_lib.check_vocab(self.tokenizer, bert_config)
         return BertForQuestionAnswering(config=bert_config)
-
-    def train_iterator(self, batch_size, seed, process_index=0, process_count=1):
-        return features_lib.ArrayBatchIterator(self.train_features.arrays, batch_size, seed, process_index, process_count)
-
-    def eval_batches(self, batch_size) -> Iterable[dict]:
-        return features_lib.padded_batches(self.eval_features.arrays, batch_size)
 
     def _logits(self, model, params, batch, deterministic, dropout_rng=None):
         outputs = features_lib.apply_model(model, params, batch, deterministic, dropout_rng)

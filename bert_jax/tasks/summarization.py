@@ -256,7 +256,7 @@ class BertForExtractiveSummarization(nn.Module):
         return {**out, "sentence_logits": logits}
 
 
-class SummarizationTask(Task):
+class SummarizationTask(features_lib.ArrayFeaturesTask, Task):
     main_metric = "rouge2"
     higher_is_better = True
 
@@ -291,12 +291,6 @@ class SummarizationTask(Task):
     def make_model(self, bert_config):
         features_lib.check_vocab(self.tokenizer, bert_config)
         return BertForExtractiveSummarization(bert_config)
-
-    def train_iterator(self, batch_size, seed, process_index=0, process_count=1):
-        return features_lib.ArrayBatchIterator(self.train_features.arrays, batch_size, seed, process_index, process_count)
-
-    def eval_batches(self, batch_size) -> Iterable[dict]:
-        return features_lib.padded_batches(self.eval_features.arrays, batch_size)
 
     def _logits(self, model, params, batch, deterministic, dropout_rng=None):
         out = features_lib.apply_model(model, params, batch, deterministic, dropout_rng,
