@@ -194,14 +194,21 @@ def make_train_step(task, model, tx, schedule: Callable, grad_accum_steps: int, 
             loss, metrics, grads = jax.tree.map(lambda x: x / k, (loss, metrics, grads))
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-        new_params = optax.apply_updates(state.params, updates)
-        keep_if_finite = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+        def apply_update(operand):
+            params, opt_state = operand
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        # A cond, not jnp.where(finite, new, old) per leaf: the select kept the old params and
+        # optimizer state alive beside the new ones and cost a full copy of both (~8% of a
+        # BERT-base step on CPU); the cond updates the donated buffers in place.
+        new_params, new_opt_state = jax.lax.cond(finite, apply_update, lambda o: o, (state.params, state.opt_state))
         next_step = state.step + 1
         new_state = state.replace(
             step=next_step,
-            params=keep_if_finite(new_params, state.params),
-            opt_state=keep_if_finite(new_opt_state, state.opt_state),
+            params=new_params,
+            opt_state=new_opt_state,
             nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
             first_nonfinite_step=jnp.where((state.first_nonfinite_step < 0) & ~finite, next_step,
                                            state.first_nonfinite_step),
