@@ -14,6 +14,7 @@ from bert_jax.modeling.common import (
     param_dtype,
     weight_init,
 )
+from bert_jax.modeling.dropout import Dropout
 
 
 class BertEmbeddings(nn.Module):
@@ -37,7 +38,7 @@ class BertEmbeddings(nn.Module):
         self.position_embeddings = embed(cfg.max_position_embeddings, (None, "embed"))
         self.token_type_embeddings = embed(cfg.type_vocab_size, (None, "embed"))
         self.LayerNorm = layer_norm(cfg)
-        self.dropout = nn.Dropout(rate=cfg.hidden_dropout_prob)
+        self.dropout = Dropout(rate=cfg.hidden_dropout_prob)
 
     def __call__(
         self,
