@@ -102,8 +102,10 @@ def main():
             times.append(time.perf_counter() - start)
 
     h, inter, v, n, L = hidden, 4 * hidden, 30522, layers, args.seq_len
-    # The same model-FLOPs convention as bert_jax.flops (the work needed, not what HF executes).
-    flops_per_token = 3.0 * (n * (8 * h * h + 4 * h * inter + 4 * L * h)
+    # The same model-FLOPs convention as bert_jax.flops (the work needed, not what HF executes:
+    # the last layer only at [CLS] + the masked rows, the MLM decoder only at the masked rows).
+    per_row, key_value, rows = 4 * h * h + 4 * h * inter + 4 * L * h, 4 * h * h, predictions + 1
+    flops_per_token = 3.0 * ((n - 1) * (per_row + key_value) + key_value + rows / L * per_row
                              + predictions / L * (2 * h * h + 2 * h * v) + (2 * h * h + 4 * h) / L)
     if args.peak_flops > 0:
         peak, source = args.peak_flops, "given"

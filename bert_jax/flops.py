@@ -40,15 +40,20 @@ def training_flops_per_token(bert_config: Any, seq_len: int, num_predictions: in
       Q, K, V and attention output projections  4 * 2 * H * H
       feed-forward (H -> I -> H)                 2 * 2 * H * I
       attention scores QK^T and weights x V       2 * 2 * L * H   (bidirectional: all L keys)
-    MLM head, per masked prediction (`num_predictions` of them per sequence of length L):
-      transform dense 2 * H * H, tied decoder 2 * H * V          -> scaled by P / L per token
+    With pretraining heads (`num_predictions` = P > 0 masked positions per sequence of length
+    L) the last layer computes only the R = P + 1 rows the heads read ([CLS] and the masked
+    positions; see BertEncoder): K and V still for all L tokens, the rest for R / L of them.
+    MLM head, per masked prediction: transform dense 2 * H * H, tied decoder 2 * H * V
+      -> scaled by P / L per token.
     NSP (pooler dense 2 * H * H + classifier 2 * H * 2), once per sequence -> / L per token.
     Training = 3 x forward (the backward pass costs two matmuls per forward matmul).
     """
     h, i = bert_config.hidden_size, bert_config.intermediate_size
     v, n = bert_config.vocab_size, bert_config.num_hidden_layers
-    per_layer = 8 * h * h + 4 * h * i + 4 * seq_len * h
-    forward = n * per_layer
+    per_row = 4 * h * h + 4 * h * i + 4 * seq_len * h  # Q, output, FFN, attention
+    key_value = 4 * h * h
+    last_rows = min(num_predictions + 1, seq_len) if num_predictions > 0 else seq_len
+    forward = (n - 1) * (per_row + key_value) + key_value + last_rows / seq_len * per_row
     forward += num_predictions / seq_len * (2 * h * h + 2 * h * v)
     if nsp:
         forward += (2 * h * h + 4 * h) / seq_len

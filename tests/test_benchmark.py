@@ -39,11 +39,16 @@ def test_training_flops_match_xla_cost_analysis(preset):
 
 
 def test_flops_formula_for_bert_base_by_hand():
-    # BERT-base, seq 128, 20 predictions: 12 layers x (8*768^2 + 4*768*3072 + 4*128*768) per token,
+    # BERT-base, seq 128, 20 predictions: 11 layers x (8*768^2 + 4*768*3072 + 4*128*768) per token;
+    # the last layer K, V (4*768^2) for every token and the rest for [CLS] + 20 rows (21/128);
     # MLM head 20/128 x (2*768^2 + 2*768*30522), NSP (2*768^2 + 4*768)/128; x3 for training.
-    expected = 3 * (12 * (8 * 768**2 + 4 * 768 * 3072 + 4 * 128 * 768)
+    full_layer = 8 * 768**2 + 4 * 768 * 3072 + 4 * 128 * 768
+    last_layer = 4 * 768**2 + 21 / 128 * (4 * 768**2 + 4 * 768 * 3072 + 4 * 128 * 768)
+    expected = 3 * (11 * full_layer + last_layer
                     + 20 / 128 * (2 * 768**2 + 2 * 768 * 30522) + (2 * 768**2 + 4 * 768) / 128)
     assert flops.training_flops_per_token(BertConfig.preset("base"), 128, 20, nsp=True) == pytest.approx(expected)
+    # Without heads every layer computes every row.
+    assert flops.training_flops_per_token(BertConfig.preset("base"), 128) == pytest.approx(3 * 12 * full_layer)
 
 
 def test_benchmark_prints_one_json_line():

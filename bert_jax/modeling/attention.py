@@ -14,7 +14,8 @@ import numpy as np
 from flax import linen as nn
 
 from bert_jax.config import BertConfig
-from bert_jax.modeling.common import compute_dtype, dense, layer_norm
+from bert_jax.modeling.common import compute_dtype, dense, gather_positions, layer_norm
+from bert_jax.modeling.dropout import Dropout
 
 
 def make_attention_mask(
@@ -54,17 +55,23 @@ def explicit_attention(query, key, value, mask, dropout_fn=None):
 
 
 class BertSelfAttention(nn.Module):
-    """[batch, length, embed] -> [batch, length, heads, head_dim] (attention/self/...)."""
+    """[batch, length, embed] -> [batch, length, heads, head_dim] (attention/self/...).
+
+    With `queries` [batch, Q, embed], only those rows attend (keys and values still come from
+    all of x) and the output is [batch, Q, heads, head_dim]; `mask` must then be
+    [batch, 1|heads, 1|Q, length].
+    """
 
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | None, deterministic: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array | None, deterministic: bool,
+                 queries: jax.Array | None = None) -> jax.Array:
         cfg = self.config
         heads = (cfg.num_attention_heads, cfg.head_dim)
         axes = ("embed", "heads", "kv")
         qkv_names = ("batch", "length", "heads", "kv")
-        q = nn.with_logical_constraint(dense(cfg, heads, axes, "query")(x), qkv_names)
+        q = nn.with_logical_constraint(dense(cfg, heads, axes, "query")(x if queries is None else queries), qkv_names)
         k = nn.with_logical_constraint(dense(cfg, heads, axes, "key")(x), qkv_names)
         v = nn.with_logical_constraint(dense(cfg, heads, axes, "value")(x), qkv_names)
         if deterministic or cfg.attention_probs_dropout_prob == 0.0:
@@ -74,7 +81,7 @@ class BertSelfAttention(nn.Module):
                 mask = jnp.broadcast_to(mask, (mask.shape[0], 1, q.shape[1], k.shape[1]))
             out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
         else:
-            dropout = nn.Dropout(rate=cfg.attention_probs_dropout_prob)
+            dropout = Dropout(rate=cfg.attention_probs_dropout_prob)
             out = explicit_attention(q, k, v, mask, lambda p: dropout(p, deterministic=False))
         return nn.with_logical_constraint(out.astype(compute_dtype(cfg)), qkv_names)
 
@@ -88,7 +95,7 @@ class BertSelfOutput(nn.Module):
         cfg = self.config
         self.dense = dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), "dense")
         self.LayerNorm = layer_norm(cfg)
-        self.dropout = nn.Dropout(rate=cfg.hidden_dropout_prob)
+        self.dropout = Dropout(rate=cfg.hidden_dropout_prob)
 
     def __call__(self, attended: jax.Array, residual: jax.Array, deterministic: bool) -> jax.Array:
         """attended [batch, length, heads, head_dim] -> [batch, length, embed]."""
@@ -101,13 +108,23 @@ class BertSelfOutput(nn.Module):
 
 
 class BertAttention(nn.Module):
-    """Self-attention sublayer: post-LN LN(x + attn(x)) or pre-LN x + attn(LN(x))."""
+    """Self-attention sublayer: post-LN LN(x + attn(x)) or pre-LN x + attn(LN(x)).
+
+    [batch, length, embed] -> [batch, length, embed], or -> [batch, Q, embed] with
+    `query_positions` [batch, Q]: only those positions are computed (all still attended to).
+    """
 
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | None, deterministic: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array | None, deterministic: bool,
+                 query_positions: jax.Array | None = None) -> jax.Array:
         output = BertSelfOutput(self.config, name="output")
         inputs = output.pre_norm(x) if self.config.pre_layer_norm else x
-        attended = BertSelfAttention(self.config, name="self")(inputs, mask, deterministic)
-        return output(attended, x, deterministic)
+        residual, queries = x, None
+        if query_positions is not None:
+            residual, queries = gather_positions(x, query_positions), gather_positions(inputs, query_positions)
+            if mask is not None and mask.shape[2] != 1:  # per-query (packed) masks keep their rows
+                mask = jnp.take_along_axis(mask, query_positions[:, None, :, None].astype(jnp.int32), axis=2)
+        attended = BertSelfAttention(self.config, name="self")(inputs, mask, deterministic, queries)
+        return output(attended, residual, deterministic)

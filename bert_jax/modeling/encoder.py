@@ -16,7 +16,8 @@ from flax import linen as nn
 
 from bert_jax.config import BertConfig
 from bert_jax.modeling.attention import BertAttention
-from bert_jax.modeling.common import BATCH_LENGTH_EMBED, activation, dense, layer_norm
+from bert_jax.modeling.common import BATCH_LENGTH_EMBED, activation, dense, gather_positions, layer_norm
+from bert_jax.modeling.dropout import Dropout
 
 
 class BertIntermediate(nn.Module):
@@ -41,7 +42,7 @@ class BertOutput(nn.Module):
         cfg = self.config
         self.dense = dense(cfg, cfg.hidden_size, ("mlp", "embed"), "dense")
         self.LayerNorm = layer_norm(cfg)
-        self.dropout = nn.Dropout(rate=cfg.hidden_dropout_prob)
+        self.dropout = Dropout(rate=cfg.hidden_dropout_prob)
 
     def __call__(self, inner: jax.Array, residual: jax.Array, deterministic: bool) -> jax.Array:
         y = self.dropout(self.dense(inner), deterministic=deterministic) + residual
@@ -53,14 +54,16 @@ class BertOutput(nn.Module):
 
 
 class BertLayer(nn.Module):
-    """One Transformer layer: [batch, length, embed] -> [batch, length, embed]."""
+    """One Transformer layer: [batch, length, embed] -> [batch, length, embed], or
+    [batch, Q, embed] when only `query_positions` [batch, Q] are computed."""
 
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | None, deterministic: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array | None, deterministic: bool,
+                 query_positions: jax.Array | None = None) -> jax.Array:
         cfg = self.config
-        h = BertAttention(cfg, name="attention")(x, mask, deterministic)
+        h = BertAttention(cfg, name="attention")(x, mask, deterministic, query_positions)
         output = BertOutput(cfg, name="output")
         inner = BertIntermediate(cfg, name="intermediate")(output.pre_norm(h) if cfg.pre_layer_norm else h)
         y = output(inner, h, deterministic)
@@ -81,12 +84,19 @@ _REMAT_POLICIES = {
 
 
 class BertEncoder(nn.Module):
-    """The layer stack (+ final LayerNorm when pre-LN): [batch, length, embed] -> same."""
+    """The layer stack (+ final LayerNorm when pre-LN): [batch, length, embed] -> same.
+
+    `output_positions` [batch, Q] -> [batch, Q, embed], the outputs at those positions only.
+    In the loop layout the last layer then computes only those rows (keys and values still
+    cover every position): for BERT-base pretraining with 20 of 128 positions read by the
+    heads, that skips ~5% of the model's FLOPs. The scan layout computes every row, then gathers.
+    """
 
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | None, deterministic: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array | None, deterministic: bool,
+                 output_positions: jax.Array | None = None) -> jax.Array:
         cfg = self.config
         if cfg.scan_layers:
             layer_cls = _ScannedBertLayer
@@ -102,12 +112,15 @@ class BertEncoder(nn.Module):
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
             x, _ = stack(cfg, name="layers")(x, mask, deterministic)
+            if output_positions is not None:
+                x = gather_positions(x, output_positions)
         else:
             layer_cls = BertLayer
             if cfg.remat != "none":
                 layer_cls = nn.remat(layer_cls, policy=_REMAT_POLICIES[cfg.remat], static_argnums=(3,))
+            last = cfg.num_hidden_layers - 1
             for i in range(cfg.num_hidden_layers):
-                x = layer_cls(cfg, name=f"layer_{i}")(x, mask, deterministic)
+                x = layer_cls(cfg, name=f"layer_{i}")(x, mask, deterministic, output_positions if i == last else None)
         if cfg.pre_layer_norm:
             x = layer_norm(cfg, name="final_LayerNorm")(x)
         return x

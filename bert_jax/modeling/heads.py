@@ -7,15 +7,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from bert_jax.config import BertConfig
-from bert_jax.modeling.common import activation, compute_dtype, dense, layer_norm, param_dtype, zeros_init
-
-
-def gather_positions(sequence: jax.Array, positions: jax.Array) -> jax.Array:
-    """sequence [batch, length, embed], positions [batch, P] -> [batch, P, embed].
-
-    Google's gather_indexes (flattened offsets) as one take_along_axis.
-    """
-    return jnp.take_along_axis(sequence, positions[:, :, None].astype(jnp.int32), axis=1)
+from bert_jax.modeling.common import (  # noqa: F401  (gather_positions is re-exported)
+    activation, compute_dtype, dense, gather_positions, layer_norm, param_dtype, zeros_init)
 
 
 class BertPooler(nn.Module):

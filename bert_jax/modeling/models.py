@@ -13,6 +13,7 @@ from flax import linen as nn
 
 from bert_jax.config import BertConfig
 from bert_jax.modeling.attention import make_attention_mask
+from bert_jax.modeling.dropout import Dropout
 from bert_jax.modeling.embeddings import BertEmbeddings
 from bert_jax.modeling.encoder import BertEncoder
 from bert_jax.modeling.heads import BertPooler, PreTrainingHeads, logits_dense
@@ -34,8 +35,17 @@ def _check_inputs(config: BertConfig, input_ids, **others) -> None:
             )
 
 
+def _check_positions(name: str, positions, input_ids) -> None:
+    if positions.ndim != 2 or positions.shape[0] != input_ids.shape[0]:
+        raise ValueError(f"{name} must be [batch, P] with batch {input_ids.shape[0]}, found {tuple(positions.shape)}")
+
+
 class BertModel(nn.Module):
-    """-> {"sequence_output": [batch, length, embed], "pooled_output": [batch, embed]}."""
+    """-> {"sequence_output": [batch, length, embed], "pooled_output": [batch, embed]}.
+
+    With `output_positions` [batch, Q], sequence_output is [batch, Q, embed] at those positions
+    and the last layer computes only them and [CLS] (which the pooler reads).
+    """
 
     config: BertConfig
 
@@ -52,6 +62,7 @@ class BertModel(nn.Module):
         position_ids: jax.Array | None = None,
         packed_segment_ids: jax.Array | None = None,
         deterministic: bool = True,
+        output_positions: jax.Array | None = None,
     ) -> dict[str, jax.Array]:
         _check_inputs(
             self.config,
@@ -65,8 +76,13 @@ class BertModel(nn.Module):
             token_type_ids = jnp.zeros_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
         mask = make_attention_mask(attention_mask, packed_segment_ids)
-        sequence_output = self.encoder(x, mask, deterministic)
-        return {"sequence_output": sequence_output, "pooled_output": self.pooler(sequence_output)}
+        if output_positions is None:
+            sequence_output = self.encoder(x, mask, deterministic)
+            return {"sequence_output": sequence_output, "pooled_output": self.pooler(sequence_output)}
+        _check_positions("output_positions", output_positions, input_ids)
+        cls_first = jnp.concatenate([jnp.zeros_like(output_positions[:, :1]), output_positions], axis=1)
+        rows = self.encoder(x, mask, deterministic, cls_first)  # [batch, 1 + Q, embed]
+        return {"sequence_output": rows[:, 1:], "pooled_output": self.pooler(rows)}
 
     def word_embedding_table(self) -> jax.Array:
         return self.embeddings.word_embedding_table()
@@ -74,7 +90,12 @@ class BertModel(nn.Module):
 
 class BertForPreTraining(nn.Module):
     """Adds mlm_logits ([batch, P, vocab] at masked_positions, or [batch, length, vocab]) and
-    nsp_logits [batch, 2]."""
+    nsp_logits [batch, 2].
+
+    With masked_positions, the heads read only those rows and [CLS], so the encoder's last layer
+    computes only them (BertModel's output_positions) and sequence_output is [batch, P, embed],
+    the rows at masked_positions; without, every position is computed.
+    """
 
     config: BertConfig
 
@@ -89,14 +110,14 @@ class BertForPreTraining(nn.Module):
         deterministic: bool = True,
         masked_positions: jax.Array | None = None,  # [batch, P]
     ) -> dict[str, jax.Array]:
-        if masked_positions is not None and (masked_positions.ndim != 2 or masked_positions.shape[0] != input_ids.shape[0]):
-            raise ValueError(
-                f"masked_positions must be [batch, P] with batch {input_ids.shape[0]}, found {tuple(masked_positions.shape)}"
-            )
+        if masked_positions is not None:
+            _check_positions("masked_positions", masked_positions, input_ids)
         bert = BertModel(self.config, name="bert")
-        out = bert(input_ids, token_type_ids, attention_mask, position_ids, packed_segment_ids, deterministic)
+        out = bert(input_ids, token_type_ids, attention_mask, position_ids, packed_segment_ids, deterministic,
+                   output_positions=masked_positions)
+        # sequence_output already holds only the masked rows when masked_positions is given.
         mlm_logits, nsp_logits = PreTrainingHeads(self.config, name="cls")(
-            out["sequence_output"], out["pooled_output"], bert.word_embedding_table(), masked_positions
+            out["sequence_output"], out["pooled_output"], bert.word_embedding_table(), None
         )
         return {**out, "mlm_logits": mlm_logits, "nsp_logits": nsp_logits}
 
@@ -113,7 +134,7 @@ class BertForSequenceClassification(nn.Module):
         out = BertModel(self.config, name="bert")(
             input_ids, token_type_ids, attention_mask, position_ids, packed_segment_ids, deterministic
         )
-        pooled = nn.Dropout(rate=self.config.hidden_dropout_prob)(out["pooled_output"], deterministic=deterministic)
+        pooled = Dropout(rate=self.config.hidden_dropout_prob)(out["pooled_output"], deterministic=deterministic)
         return {**out, "logits": logits_dense(self.config, self.num_labels, "classifier")(pooled)}
 
 
@@ -129,7 +150,7 @@ class BertForTokenClassification(nn.Module):
         out = BertModel(self.config, name="bert")(
             input_ids, token_type_ids, attention_mask, position_ids, packed_segment_ids, deterministic
         )
-        seq = nn.Dropout(rate=self.config.hidden_dropout_prob)(out["sequence_output"], deterministic=deterministic)
+        seq = Dropout(rate=self.config.hidden_dropout_prob)(out["sequence_output"], deterministic=deterministic)
         return {**out, "logits": logits_dense(self.config, self.num_labels, "classifier")(seq)}
 
 
