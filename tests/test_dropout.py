@@ -21,14 +21,14 @@ def test_keep_rate_matches_the_binomial(rate):
     assert abs(p - (1 - rate)) < 1e-5
     result = stats.binomtest(int(mask.sum()), mask.size, p)
     assert result.pvalue > 1e-4, (mask.mean(), p)
-    # Every quarter of the last axis (one 16-bit half of one Threefry word each) on its own too.
-    for quarter in np.split(mask, 4, axis=-1):
-        assert stats.binomtest(int(quarter.sum()), quarter.size, p).pvalue > 1e-4
+    # Each of the four draws of a Threefry call (elements 4c .. 4c+3) on its own too.
+    for draw in np.moveaxis(mask.reshape(*SHAPE[:-1], -1, 4), -1, 0):
+        assert stats.binomtest(int(draw.sum()), draw.size, p).pvalue > 1e-4
 
 
 def test_the_four_draws_of_one_threefry_call_are_independent():
     mask = np.asarray(keep_mask(jax.random.PRNGKey(2), SHAPE, 0.5))
-    quarters = np.split(mask.reshape(-1, SHAPE[-1]), 4, axis=-1)  # element j of each comes from one call
+    quarters = list(np.moveaxis(mask.reshape(-1, 4), -1, 0))  # row c: the four draws of call c
     for a in range(4):
         for b in range(a + 1, 4):
             table = np.array([[np.sum(~quarters[a] & ~quarters[b]), np.sum(~quarters[a] & quarters[b])],

@@ -4,8 +4,8 @@ Why: on CPU the random bits are among the dearest elementwise work of a BERT tra
 `nn.Dropout` draws one float per element through `jax.random.bernoulli`, and with the
 partitionable Threefry (JAX's default) every element costs one Threefry-2x32 evaluation,
 whose two 32-bit outputs are XORed into one word. Here every evaluation yields 64 bits that
-are cut into four 16-bit uniforms, so the Threefry work drops by 4x. (Measured on BERT-base,
-seq 128, batch 8, 2 CPU cores: 4.13 s -> 4.02 s per step.)
+are cut into four 16-bit uniforms, so the Threefry work drops by 4x. (BERT-base, seq 128,
+batch 8, 2 CPU cores: 4.13 s -> 4.02 s per step, and ~3% more from the fused layout below.)
 
 Properties kept:
 - Unbiased: an element is kept with probability t / 65536, t = round((1 - rate) * 65536), and
@@ -40,7 +40,8 @@ def keep_mask(key: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Array:
     """Boolean mask of `shape`, True with probability keep_threshold(rate) / 65536.
 
     The last dimension must be a multiple of 4 (hidden sizes and sequence lengths are);
-    `Dropout` falls back to `nn.Dropout`'s draw otherwise.
+    `Dropout` falls back to `nn.Dropout`'s draw otherwise. Elements 4c .. 4c+3 along the last
+    axis are the four 16-bit halves of Threefry call c.
     """
     *lead, last = shape
     if last % _UNIFORMS_PER_CALL:
@@ -61,8 +62,11 @@ def keep_mask(key: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Array:
         hi, lo = jnp.zeros(counter_shape, jnp.uint32), hi
     key_words = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
     word0, word1 = threefry2x32_p.bind(key_words[0], key_words[1], hi, lo)
-    uniforms = [word0 & 0xFFFF, word0 >> 16, word1 & 0xFFFF, word1 >> 16]
-    return jnp.concatenate(uniforms, axis=-1) < jnp.uint32(keep_threshold(rate))
+    # Each word is two 16-bit uniforms: [..., n] x 2 words -> [..., n, 2, 2] -> [..., 4n], so
+    # elements 4c .. 4c+3 come from counter c. Only a bitcast and reshapes: XLA fuses them into
+    # the consumer (a concatenate of the four halves cost a materialised u32 copy, ~3% of a step).
+    uniforms = jax.lax.bitcast_convert_type(jnp.stack([word0, word1], axis=-1), jnp.uint16).reshape(shape)
+    return uniforms.astype(jnp.uint32) < jnp.uint32(keep_threshold(rate))
 
 
 class Dropout(nn.Module):
