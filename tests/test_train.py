@@ -130,6 +130,39 @@ def test_nan_guard_skip_leaves_params_unchanged_and_counts(tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["nonfinite_steps_skipped"] == 1
 
 
+class _IdOutOfVocabAtStep(_NaNAtStep):
+    """Pretraining whose batch number `bad_step` holds an input id == vocab_size."""
+
+    def train_iterator(self, *args, **kwargs):
+        inner = PretrainingTask.train_iterator(self, *args, **kwargs)
+        vocab, bad_step = self.config.model.vocab_size, self.bad_step
+
+        class OutOfVocab:
+            def __iter__(self):
+                return self
+
+            def __next__(self):
+                batch = next(inner)
+                if inner.get_state()["synthetic_step"] == bad_step:
+                    batch["input_ids"] = batch["input_ids"].copy()
+                    batch["input_ids"][0, 1] = vocab
+                return batch
+
+            get_state, set_state = inner.get_state, inner.set_state
+
+        return OutOfVocab()
+
+
+def test_token_id_outside_the_vocab_is_refused_naming_step_and_id(tmp_path):
+    config = tiny_config(num_steps=4)
+    vocab = config.model.vocab_size
+    with pytest.raises(ValueError, match=rf"step 2: batch field 'input_ids' holds token id {vocab}, outside \[0, {vocab}\)"):
+        train.train_and_evaluate(config, tmp_path, task=_IdOutOfVocabAtStep(config, bad_step=2), devices=jax.devices()[:1])
+    with pytest.raises(ValueError, match="'masked_lm_ids' holds token id -1"):
+        train.check_token_ids({"masked_lm_ids": np.array([[3, -1]])}, vocab, 7)
+    train.check_token_ids({"input_ids": np.array([[0, vocab - 1]]), "masked_lm_ids": np.zeros((1, 0), int)}, vocab, 1)
+
+
 def test_resume_skips_a_half_written_checkpoint(tmp_path):
     config = tiny_config(num_steps=4, stop_at_step=2)
     train.train_and_evaluate(config, tmp_path, devices=jax.devices()[:1])
