@@ -1,8 +1,8 @@
 """Flax linen BERT: the encoder, its heads, and the layer-layout converters."""
 
 from bert_jax.modeling.attention import make_attention_mask
+from bert_jax.modeling.common import gather_positions
 from bert_jax.modeling.encoder import stack_layers, unstack_layers
-from bert_jax.modeling.heads import gather_positions
 from bert_jax.modeling.models import (
     BertForPreTraining,
     BertForQuestionAnswering,

@@ -7,8 +7,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from bert_jax.config import BertConfig
-from bert_jax.modeling.common import (  # noqa: F401  (gather_positions is re-exported)
-    activation, compute_dtype, dense, gather_positions, layer_norm, param_dtype, zeros_init)
+from bert_jax.modeling.common import activation, compute_dtype, dense, layer_norm, param_dtype, zeros_init
 
 
 class BertPooler(nn.Module):
@@ -60,14 +59,13 @@ def logits_dense(config: BertConfig, features: int, name: str) -> nn.DenseGenera
 
 
 class PreTrainingHeads(nn.Module):
-    """MLM + NSP heads (cls/predictions, cls/seq_relationship)."""
+    """MLM + NSP heads (cls/predictions, cls/seq_relationship): MLM logits at every row of
+    `sequence_output` (the caller passes only the masked rows when it has them)."""
 
     config: BertConfig
 
     @nn.compact
-    def __call__(self, sequence_output, pooled_output, word_embeddings, masked_positions):
-        if masked_positions is not None:
-            sequence_output = gather_positions(sequence_output, masked_positions)
+    def __call__(self, sequence_output, pooled_output, word_embeddings):
         mlm_logits = MaskedLMHead(self.config, name="predictions")(sequence_output, word_embeddings)
         nsp_logits = logits_dense(self.config, 2, "seq_relationship")(pooled_output)
         return mlm_logits, nsp_logits

@@ -115,9 +115,8 @@ class BertForPreTraining(nn.Module):
         bert = BertModel(self.config, name="bert")
         out = bert(input_ids, token_type_ids, attention_mask, position_ids, packed_segment_ids, deterministic,
                    output_positions=masked_positions)
-        # sequence_output already holds only the masked rows when masked_positions is given.
         mlm_logits, nsp_logits = PreTrainingHeads(self.config, name="cls")(
-            out["sequence_output"], out["pooled_output"], bert.word_embedding_table(), None
+            out["sequence_output"], out["pooled_output"], bert.word_embedding_table()
         )
         return {**out, "mlm_logits": mlm_logits, "nsp_logits": nsp_logits}
 

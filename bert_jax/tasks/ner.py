@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pathlib
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 

@@ -30,7 +30,7 @@ import dataclasses
 import json
 import logging
 import pathlib
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 

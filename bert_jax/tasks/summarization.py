@@ -25,13 +25,14 @@ import json
 import logging
 import pathlib
 import re
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 from flax import linen as nn
 
 from bert_jax.config import BertConfig
-from bert_jax.modeling.heads import gather_positions, logits_dense
+from bert_jax.modeling.common import gather_positions
+from bert_jax.modeling.heads import logits_dense
 from bert_jax.modeling.models import BertModel
 from bert_jax.tasks import features as features_lib
 from bert_jax.tasks.base import Task
