@@ -387,7 +387,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None, devices=No
     # split instead of leaving them to XLA's propagation.
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         layout = state_layout(model, tx, mesh, rules, int(config.seed))
-        param_shardings, state_shardings = layout.param_shardings, layout.state_shardings
+        param_shardings = layout.param_shardings
         replicated = sharding.replicated(mesh)
 
         train_iter = task.train_iterator(int(tc.batch_size), int(config.seed), process_index, process_count)

@@ -20,8 +20,6 @@ import os
 import sys
 import time
 
-import numpy as np
-
 from data_pipelines import pretraining_instances as pi
 from data_pipelines import text_input
 from data_pipelines.tfrecord_io import encode_examples

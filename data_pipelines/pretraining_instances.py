@@ -343,7 +343,7 @@ def _packed_spans(corpus: TokenizedCorpus, docs: Sequence[int], config: Instance
     target, short = new_target()
 
     def emit():
-        nonlocal row, used, target, short, row_doc
+        nonlocal row, used, target, short
         if row:
             # A lone over-long sentence: keep its beginning.
             if used > max_tokens:

@@ -215,7 +215,6 @@ def test_dupe_passes_mask_differently(tok):
 
 # ----------------------------------------------------------------------------- NSP-off modes
 def test_full_sentences_and_doc_sentences(corpus, tok):
-    L = 128
     full = make(corpus, tok, mode="full_sentences", dupe_factor=1, short_seq_prob=0.0)
     doc = make(corpus, tok, mode="doc_sentences", dupe_factor=1, short_seq_prob=0.0)
     for ins in (full, doc):
