@@ -11,12 +11,16 @@ It prints one JSON line with the keys of bert_jax.benchmark. The step: forward w
 MLM loss over the 20 masked positions (HF's head computes logits at every position, then they
 are gathered), NSP loss, global-norm clipping 1.0, AdamW (b2 0.999, eps 1e-6, weight decay 0.01
 off LayerNorm and biases), jitted with the state donated, timed after compilation with
-block_until_ready. It imports nothing from bert_jax (the model sizes are Google's presets).
+block_until_ready. It does not import the bert_jax package (the model sizes are Google's
+presets); it loads only bert_jax/flops.py by path (jax and numpy alone), so both benchmarks
+divide by the same model-FLOPs count and the same peak.
 """
 
 import argparse
+import importlib.util
 import json
 import math
+import pathlib
 import statistics
 import time
 
@@ -25,6 +29,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from transformers import BertConfig, FlaxBertForPreTraining
+
+_FLOPS_PY = pathlib.Path(__file__).resolve().parents[1] / "bert_jax" / "flops.py"
+
+
+def _load_flops_module():
+    spec = importlib.util.spec_from_file_location("bert_jax_flops", _FLOPS_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 # (layers, hidden, heads), as Google's released small BERTs and BERT base/large.
 PRESETS = {"tiny": (2, 128, 2), "mini": (4, 256, 4), "small": (4, 512, 8), "medium": (8, 512, 8),
@@ -101,25 +114,16 @@ def main():
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
 
-    h, inter, v, n, L = hidden, 4 * hidden, 30522, layers, args.seq_len
-    # The same model-FLOPs convention as bert_jax.flops (the work needed, not what HF executes:
-    # the last layer only at [CLS] + the masked rows, the MLM decoder only at the masked rows).
-    per_row, key_value, rows = 4 * h * h + 4 * h * inter + 4 * L * h, 4 * h * h, predictions + 1
-    flops_per_token = 3.0 * ((n - 1) * (per_row + key_value) + key_value + rows / L * per_row
-                             + predictions / L * (2 * h * h + 2 * h * v) + (2 * h * h + 4 * h) / L)
-    if args.peak_flops > 0:
-        peak, source = args.peak_flops, "given"
-    else:
-        a = jnp.asarray(np.random.default_rng(0).normal(size=(1024, 1024)), jnp.float32)
-        mm = jax.jit(lambda x: x @ x)
-        mm(a).block_until_ready()
-        best = min((lambda t0: (mm(a).block_until_ready(), time.perf_counter() - t0)[1])(time.perf_counter())
-                   for _ in range(5))
-        peak, source = 2 * 1024 ** 3 / best, "measured:cpu float32 matmul"
+    # HF's BertConfig has the fields flops reads (hidden_size, intermediate_size, vocab_size,
+    # num_hidden_layers): the same count as bert_jax.benchmark, the work needed rather than what
+    # HF executes (its last layer and MLM decoder run at every position).
+    flops = _load_flops_module()
+    flops_per_token = flops.training_flops_per_token(config, args.seq_len, predictions, nsp=True)
+    peak, source = flops.peak_flops_per_device(args.peak_flops)
     step_time = statistics.median(times)
     tokens_per_s = args.batch_size * args.seq_len / step_time
     print(json.dumps({
-        "implementation": "transformers-4.57.6-FlaxBertForPreTraining", "model": args.model, "seq_len": L,
+        "implementation": "transformers-4.57.6-FlaxBertForPreTraining", "model": args.model, "seq_len": args.seq_len,
         "batch_size": args.batch_size, "steps": args.steps, "masked_predictions": predictions,
         "tokens_per_s": tokens_per_s, "step_time_s": step_time, "step_time_min_s": min(times),
         "model_flops_per_token": flops_per_token, "mfu": tokens_per_s * flops_per_token / peak,
