@@ -79,8 +79,8 @@ FINETUNE = dict(batch_size=32, num_epochs=3, learning_rate=1e-3, max_seq_length=
 
 
 def get_config(arg: str = "pretrain"):
-    if arg in ("pretrain", "pretrain_long"):
-        budget = BUDGETS["10min" if arg == "pretrain" else "35min"]
+    budget = next((b for b in BUDGETS.values() if b.pretrain_config == arg), None)
+    if budget is not None:
         config = pretrain.get_config("tiny")
         config.model.vocab_size = budget.vocab_size
         config.data.max_seq_length = budget.max_seq_length
@@ -216,8 +216,7 @@ def main(argv=None) -> int:
     accuracies, steps = {}, {}
     for label, init in (("pretrained", pretrain_dir), ("random init", random_dir)):
         for seed in budget.finetune_seeds:
-            ft_dir = work / f"finetune_{label.replace(' ', '_')}" if seed == 0 else \
-                work / f"finetune_{label.replace(' ', '_')}_seed{seed}"
+            ft_dir = work / (f"finetune_{label.replace(' ', '_')}" + (f"_seed{seed}" if seed else ""))
             _run(f"4-5/5 fine-tune on sentiment from {label}, seed {seed}",
                  [python, "-m", "bert_jax.main", f"--config={REPO / 'experiments/quickstart.py'}:finetune",
                   f"--workdir={ft_dir}", f"--config.init_from={init}", f"--config.vocab_file={spm_model}",

@@ -4,8 +4,9 @@
 else: dev text in the pretraining corpus would leak the evaluation into the pretrained model.
 """
 
-import importlib.util
 import pathlib
+
+from experiments import quickstart
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REVIEWS = REPO / "data/quickstart/reviews_unlabeled.txt"
@@ -16,13 +17,6 @@ def _sentences(tsv: pathlib.Path) -> list[str]:
     lines = tsv.read_text(encoding="utf-8").splitlines()
     assert lines[0] == "sentence\tlabel", f"{tsv}: unexpected header {lines[0]!r}"
     return [line.split("\t")[0] for line in lines[1:]]
-
-
-def _load_quickstart():
-    spec = importlib.util.spec_from_file_location("_quickstart", REPO / "experiments/quickstart.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_reviews_are_the_training_split_text_in_order(shared_data):
@@ -55,7 +49,6 @@ def test_reviews_cover_the_quickstart_training_labels_text():
 
 
 def test_write_corpus_puts_a_document_break_between_files(tmp_path):
-    quickstart = _load_quickstart()
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"
     a.write_text("First sentence.\nSecond sentence.\n", encoding="utf-8")
     b.write_text("Third sentence.\n", encoding="utf-8")
