@@ -1,0 +1,57 @@
+"""benchmarks/mlm_eval.py: held-out MLM / NSP metrics, independent of batching."""
+
+import importlib.util
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from bert_jax.config import BertConfig
+from bert_jax.modeling.models import BertForPreTraining
+from tests.train_helpers import REPO
+
+spec = importlib.util.spec_from_file_location("mlm_eval", REPO / "benchmarks/mlm_eval.py")
+mlm_eval = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mlm_eval)
+
+VOCAB = 100
+CONFIG = BertConfig.preset("tiny", vocab_size=VOCAB, max_position_embeddings=32)
+
+
+def _instances(n=10, length=16, predictions=3, seed=0):
+    rng = np.random.RandomState(seed)
+    mask = np.ones((n, length), np.int32)
+    mask[:, 12:] = 0
+    return {
+        "input_ids": rng.randint(5, VOCAB, (n, length)).astype(np.int32) * mask,
+        "segment_ids": np.zeros((n, length), np.int32),
+        "input_mask": mask,
+        "masked_lm_positions": np.stack([rng.choice(np.arange(1, 12), predictions, replace=False) for _ in range(n)]).astype(np.int32),
+        "masked_lm_ids": rng.randint(5, VOCAB, (n, predictions)).astype(np.int32),
+        "masked_lm_weights": np.ones((n, predictions), np.float32),
+        "next_sentence_labels": rng.randint(0, 2, (n, 1)).astype(np.int32),
+    }
+
+
+def _params(initializer_range=0.02):
+    model = BertForPreTraining(BertConfig.preset("tiny", vocab_size=VOCAB, max_position_embeddings=32,
+                                                 initializer_range=initializer_range))
+    return nn.meta.unbox(model.init(jax.random.PRNGKey(0), jnp.ones((1, 4), jnp.int32))["params"])
+
+
+def test_an_untrained_model_scores_chance():
+    # Near-zero logits at init: the MLM loss is ln(vocab) and the NSP loss ln(2).
+    result = mlm_eval.evaluate(CONFIG, _params(initializer_range=0.001), _instances())
+    assert abs(result["mlm_loss"] - math.log(VOCAB)) < 0.01
+    assert abs(result["nsp_loss"] - math.log(2)) < 0.01
+
+
+def test_metrics_do_not_depend_on_the_batch_size():
+    params, instances = _params(initializer_range=0.5), _instances(n=11)
+    whole = mlm_eval.evaluate(CONFIG, params, instances, batch_size=64)
+    pieces = mlm_eval.evaluate(CONFIG, params, instances, batch_size=4)
+    assert whole["mlm_loss"] > math.log(VOCAB) + 0.1  # large random weights: far from chance
+    for key in ("mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy"):
+        assert abs(whole[key] - pieces[key]) < 1e-5, key
