@@ -45,6 +45,16 @@ def evaluate(bert_config, params, instances: dict[str, np.ndarray], batch_size: 
     return {k: float(v) for k, v in out.items()}
 
 
+def check_ids_fit(instances: dict[str, np.ndarray], vocab_size: int, instances_name: str, checkpoint: str) -> None:
+    """Ids past the embedding table would be clamped silently inside jit: refuse them here."""
+    for field in ("input_ids", "masked_lm_ids"):
+        high = int(instances[field].max())
+        if high >= vocab_size:
+            raise ValueError(
+                f"{instances_name}: field {field!r} holds token id {high}, but checkpoint {checkpoint} has "
+                f"vocab_size {vocab_size}; the instances were made with a different vocabulary")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="+", help="anything bert_jax.load_pretrained reads")
@@ -55,6 +65,10 @@ def main(argv=None) -> int:
     instances = read_pretraining_arrays(args.instances, limit=args.limit)
     for checkpoint in args.checkpoints:
         bert_config, params = load_pretrained(checkpoint, check_vocab=False)
+        if "cls" not in params:
+            raise ValueError(f"checkpoint {checkpoint} has no pretraining heads (params 'cls/...'): "
+                             "it is an encoder alone, so it has no MLM or NSP predictions to evaluate")
+        check_ids_fit(instances, bert_config.vocab_size, args.instances, checkpoint)
         result = evaluate(bert_config, params, instances, args.batch_size)
         row = {"checkpoint": checkpoint, "instances": args.instances, "examples": len(instances["input_ids"])}
         print(json.dumps({**row, **{k: round(v, 4) for k, v in result.items()}}), flush=True)

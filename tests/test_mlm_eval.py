@@ -6,6 +6,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import linen as nn
 
 from bert_jax.config import BertConfig
@@ -55,3 +56,11 @@ def test_metrics_do_not_depend_on_the_batch_size():
     assert whole["mlm_loss"] > math.log(VOCAB) + 0.1  # large random weights: far from chance
     for key in ("mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy"):
         assert abs(whole[key] - pieces[key]) < 1e-5, key
+
+
+def test_instances_from_a_larger_vocabulary_are_refused():
+    instances = _instances()
+    mlm_eval.check_ids_fit(instances, VOCAB, "inst/*.tfrecord", "ckpt")  # fits: no error
+    instances["masked_lm_ids"][2, 1] = VOCAB
+    with pytest.raises(ValueError, match=r"inst/\*.tfrecord: field 'masked_lm_ids' holds token id 100, but checkpoint ckpt has vocab_size 100"):
+        mlm_eval.check_ids_fit(instances, VOCAB, "inst/*.tfrecord", "ckpt")
