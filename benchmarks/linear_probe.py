@@ -42,12 +42,13 @@ FEATURE_SETS = ("cls", "pooled", "mean", "emb_mean")
 def encoder_features(bert_config, bert_params, arrays: dict[str, np.ndarray], batch_size: int = 256) -> dict[str, np.ndarray]:
     """arrays: input_ids / token_type_ids / attention_mask [n, length] -> {set: [n, hidden]}."""
     model = BertModel(bert_config)
-    apply = jax.jit(lambda ids, types, mask: model.apply({"params": bert_params}, ids, types, mask))
+    # params as an argument, not closed over: a closure would bake them into the executable as constants
+    apply = jax.jit(lambda params, ids, types, mask: model.apply({"params": params}, ids, types, mask))
     table = np.asarray(bert_params["embeddings"]["word_embeddings"]["embedding"])
     out = {name: [] for name in FEATURE_SETS}
     for start in range(0, len(arrays["input_ids"]), batch_size):
         ids, types, mask = (arrays[k][start:start + batch_size] for k in ("input_ids", "token_type_ids", "attention_mask"))
-        result = apply(ids, types, mask)
+        result = apply(bert_params, ids, types, mask)
         sequence = np.asarray(result["sequence_output"])  # [batch, length, hidden]
         weights = mask[..., None].astype(np.float32) / mask.sum(axis=1)[:, None, None]
         out["cls"].append(sequence[:, 0])

@@ -24,6 +24,7 @@ if str(REPO) not in sys.path:  # `python benchmarks/mlm_eval.py` from a clone
 
 from bert_jax import load_pretrained  # noqa: E402
 from bert_jax.modeling.models import BertForPreTraining  # noqa: E402
+from bert_jax.train import check_token_ids  # noqa: E402
 from bert_jax.tasks.pretraining import losses_from_statistics, model_inputs, pretraining_statistics  # noqa: E402
 from data_pipelines.tfrecord_io import read_pretraining_arrays  # noqa: E402
 
@@ -33,26 +34,16 @@ def evaluate(bert_config, params, instances: dict[str, np.ndarray], batch_size: 
     model = BertForPreTraining(bert_config)
 
     @jax.jit
-    def statistics(batch):
+    def statistics(params, batch):  # params as an argument, not baked into the executable as constants
         outputs = model.apply({"params": params}, **model_inputs(batch), masked_positions=batch["masked_lm_positions"])
         return pretraining_statistics(outputs, batch, nsp=True)
 
     parts = []
     for start in range(0, len(instances["input_ids"]), batch_size):
-        parts.append(jax.device_get(statistics({k: v[start:start + batch_size] for k, v in instances.items()})))
+        parts.append(jax.device_get(statistics(params, {k: v[start:start + batch_size] for k, v in instances.items()})))
     stats = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     out = losses_from_statistics(stats, np.ones_like(stats["mlm_weight_sum"]), np)
     return {k: float(v) for k, v in out.items()}
-
-
-def check_ids_fit(instances: dict[str, np.ndarray], vocab_size: int, instances_name: str, checkpoint: str) -> None:
-    """Ids past the embedding table would be clamped silently inside jit: refuse them here."""
-    for field in ("input_ids", "masked_lm_ids"):
-        high = int(instances[field].max())
-        if high >= vocab_size:
-            raise ValueError(
-                f"{instances_name}: field {field!r} holds token id {high}, but checkpoint {checkpoint} has "
-                f"vocab_size {vocab_size}; the instances were made with a different vocabulary")
 
 
 def main(argv=None) -> int:
@@ -68,7 +59,7 @@ def main(argv=None) -> int:
         if "cls" not in params:
             raise ValueError(f"checkpoint {checkpoint} has no pretraining heads (params 'cls/...'): "
                              "it is an encoder alone, so it has no MLM or NSP predictions to evaluate")
-        check_ids_fit(instances, bert_config.vocab_size, args.instances, checkpoint)
+        check_token_ids(instances, bert_config.vocab_size, f"{args.instances} (checkpoint {checkpoint})")
         result = evaluate(bert_config, params, instances, args.batch_size)
         row = {"checkpoint": checkpoint, "instances": args.instances, "examples": len(instances["input_ids"])}
         print(json.dumps({**row, **{k: round(v, 4) for k, v in result.items()}}), flush=True)

@@ -325,9 +325,9 @@ def _preempted(flag: _SigtermFlag, step: int) -> bool:
     return multihost_utils.reached_preemption_sync_point(step)
 
 
-def check_token_ids(batch: dict, vocab_size: int, step: int) -> None:
+def check_token_ids(batch: dict, vocab_size: int, where: str) -> None:
     """Ids outside [0, vocab_size) would read past the embedding table inside jit (a NaN row,
-    or a silently clamped one): refuse them on the host, naming the step and the id."""
+    or a silently clamped one): refuse them on the host, naming where (e.g. "step 7") and the id."""
     for name in ("input_ids", "masked_lm_ids"):
         ids = batch.get(name)
         if ids is None or ids.size == 0:
@@ -336,7 +336,7 @@ def check_token_ids(batch: dict, vocab_size: int, step: int) -> None:
         if low < 0 or high >= vocab_size:
             bad = low if low < 0 else high
             raise ValueError(
-                f"step {step}: batch field {name!r} holds token id {bad}, outside [0, {vocab_size}) "
+                f"{where}: batch field {name!r} holds token id {bad}, outside [0, {vocab_size}) "
                 f"(model.vocab_size={vocab_size}); the data was made with a different vocabulary "
                 "than the model's (check data.vocab_file / the instances' metadata.json)")
 
@@ -456,7 +456,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None, devices=No
             stop_at = int(tc.stop_at_step) or total_steps
             while step < min(total_steps, stop_at):
                 host_batch = next(train_iter)
-                check_token_ids(host_batch, bert_config.vocab_size, step + 1)
+                check_token_ids(host_batch, bert_config.vocab_size, f"step {step + 1}")
                 batch = sharding.make_global_batch(host_batch, mesh)
                 state, metrics = train_step(state, batch)
                 step += 1

@@ -6,7 +6,6 @@ and a pretraining config's data section must pass the input pipeline's own valid
 Each experiment file lists its documented arguments in DOCUMENTED_ARGS.
 """
 
-import importlib.util
 import pathlib
 
 import pytest
@@ -14,22 +13,16 @@ import pytest
 from bert_jax import optim, sharding, train
 from bert_jax.config import BertConfig
 from bert_jax.tasks import TASKS
+from tests.train_helpers import import_file
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 EXPERIMENT_FILES = sorted(p for p in (REPO / "experiments").glob("*.py") if p.name != "__init__.py")
 SECTIONS = ("seed", "init_from", "train", "optimizer", "mesh", "checkpoint", "logging", "distributed", "model", "task")
 
 
-def _load(path: pathlib.Path):
-    spec = importlib.util.spec_from_file_location(f"_experiment_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _cases():
     for path in EXPERIMENT_FILES:
-        args = getattr(_load(path), "DOCUMENTED_ARGS", None)
+        args = getattr(import_file(path), "DOCUMENTED_ARGS", None)
         if args is None:
             yield pytest.param(path, None, id=f"{path.stem}:<no DOCUMENTED_ARGS>")
             continue
@@ -46,7 +39,7 @@ def test_there_are_experiment_files():
 @pytest.mark.parametrize("path,arg", list(_cases()))
 def test_experiment_config_is_complete_and_valid(path, arg):
     assert arg is not None, f"{path} has no DOCUMENTED_ARGS listing the arguments its docstring documents"
-    config = _load(path).get_config(arg)
+    config = import_file(path).get_config(arg)
     config.lock()
 
     missing = [name for name in SECTIONS if name not in config]
@@ -70,7 +63,7 @@ def test_experiment_config_is_complete_and_valid(path, arg):
 
 
 def test_a_misspelled_override_is_an_error():
-    config = _load(REPO / "experiments/pretrain.py").get_config("tiny")
+    config = import_file(REPO / "experiments/pretrain.py").get_config("tiny")
     config.lock()
     with pytest.raises(AttributeError, match="batch_sise"):
         config.train.batch_sise = 8

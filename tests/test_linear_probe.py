@@ -1,7 +1,5 @@
 """benchmarks/linear_probe.py: its frozen features ignore padding and match their definitions."""
 
-import importlib.util
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,17 +8,9 @@ from flax import linen as nn
 
 from bert_jax.config import BertConfig
 from bert_jax.modeling.models import BertModel
-from tests.train_helpers import REPO
+from tests.train_helpers import REPO, import_file
 
-
-def _load_probe_module():
-    spec = importlib.util.spec_from_file_location("linear_probe", REPO / "benchmarks/linear_probe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-probe = _load_probe_module()
+probe = import_file(REPO / "benchmarks/linear_probe.py")
 CONFIG = BertConfig.preset("tiny", vocab_size=50, max_position_embeddings=32)
 
 

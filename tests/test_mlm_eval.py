@@ -1,6 +1,5 @@
 """benchmarks/mlm_eval.py: held-out MLM / NSP metrics, independent of batching."""
 
-import importlib.util
 import math
 
 import jax
@@ -11,11 +10,9 @@ from flax import linen as nn
 
 from bert_jax.config import BertConfig
 from bert_jax.modeling.models import BertForPreTraining
-from tests.train_helpers import REPO
+from tests.train_helpers import REPO, import_file
 
-spec = importlib.util.spec_from_file_location("mlm_eval", REPO / "benchmarks/mlm_eval.py")
-mlm_eval = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(mlm_eval)
+mlm_eval = import_file(REPO / "benchmarks/mlm_eval.py")
 
 VOCAB = 100
 CONFIG = BertConfig.preset("tiny", vocab_size=VOCAB, max_position_embeddings=32)
@@ -60,7 +57,8 @@ def test_metrics_do_not_depend_on_the_batch_size():
 
 def test_instances_from_a_larger_vocabulary_are_refused():
     instances = _instances()
-    mlm_eval.check_ids_fit(instances, VOCAB, "inst/*.tfrecord", "ckpt")  # fits: no error
+    where = "inst/*.tfrecord (checkpoint ckpt)"
+    mlm_eval.check_token_ids(instances, VOCAB, where)  # fits: no error
     instances["masked_lm_ids"][2, 1] = VOCAB
-    with pytest.raises(ValueError, match=r"inst/\*.tfrecord: field 'masked_lm_ids' holds token id 100, but checkpoint ckpt has vocab_size 100"):
-        mlm_eval.check_ids_fit(instances, VOCAB, "inst/*.tfrecord", "ckpt")
+    with pytest.raises(ValueError, match=r"inst/\*.tfrecord \(checkpoint ckpt\): batch field 'masked_lm_ids' holds token id 100, outside \[0, 100\)"):
+        mlm_eval.check_token_ids(instances, VOCAB, where)

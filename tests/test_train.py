@@ -159,8 +159,8 @@ def test_token_id_outside_the_vocab_is_refused_naming_step_and_id(tmp_path):
     with pytest.raises(ValueError, match=rf"step 2: batch field 'input_ids' holds token id {vocab}, outside \[0, {vocab}\)"):
         train.train_and_evaluate(config, tmp_path, task=_IdOutOfVocabAtStep(config, bad_step=2), devices=jax.devices()[:1])
     with pytest.raises(ValueError, match="'masked_lm_ids' holds token id -1"):
-        train.check_token_ids({"masked_lm_ids": np.array([[3, -1]])}, vocab, 7)
-    train.check_token_ids({"input_ids": np.array([[0, vocab - 1]]), "masked_lm_ids": np.zeros((1, 0), int)}, vocab, 1)
+        train.check_token_ids({"masked_lm_ids": np.array([[3, -1]])}, vocab, "step 7")
+    train.check_token_ids({"input_ids": np.array([[0, vocab - 1]]), "masked_lm_ids": np.zeros((1, 0), int)}, vocab, "step 1")
 
 
 def test_resume_skips_a_half_written_checkpoint(tmp_path):

@@ -1,5 +1,6 @@
 """Shared pieces of the trainer tests: a tiny BERT pretraining config and metrics readers."""
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -7,6 +8,14 @@ import subprocess
 import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def import_file(path: pathlib.Path):
+    """A Python file that is not part of an installed package (experiment files, benchmarks/)."""
+    spec = importlib.util.spec_from_file_location(f"_file_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_config(**train_overrides):
