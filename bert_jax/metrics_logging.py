@@ -2,17 +2,87 @@
 
 Only process 0 writes (`MetricsWriter(..., enabled=jax.process_index() == 0)`).
 Each line of metrics.jsonl is one JSON object: {"step": int, "split": "train"|"eval", name: value}.
+
+A run that resumes from the checkpoint of step k repeats the steps after k, so
+`MetricsWriter(..., resume_step=k)` first cuts every row after step k out of metrics.jsonl and
+every event after step k out of the TensorBoard files (a fresh run passes 0): after any number
+of stops, each step has one row.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 import sys
 from typing import Mapping
 
 METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+# Sorts before the writers' own files (events.out.tfevents.<unix time>...), so readers see the
+# kept steps first and the resumed run's after them.
+KEPT_EVENTS_FILE = "events.out.tfevents.0000000000.kept.v2"
+
+
+def truncate_jsonl(path: pathlib.Path, last_step: int) -> int:
+    """Keeps the rows of steps <= last_step (and drops a torn last line); returns rows dropped."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a hard kill
+            dropped += 1
+            continue
+        if int(row.get("step", 0)) <= last_step:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, path)
+    return dropped
+
+
+def truncate_event_files(directory: pathlib.Path, last_step: int) -> int:
+    """Rewrites a TensorBoard run directory's event files as one file holding only the events of
+    steps <= last_step (in their order); returns the events dropped. A record torn by a hard kill
+    ends its file."""
+    files = sorted(p for p in directory.iterdir() if "tfevents" in p.name and not p.name.endswith(".tmp"))
+    if not files:
+        return 0
+    import tensorflow as tf
+    from tensorflow.core.util import event_pb2
+    kept, dropped = [], 0
+    for path in files:
+        dataset = tf.data.TFRecordDataset(str(path))
+        iterator = iter(dataset)
+        while True:
+            try:
+                record = next(iterator)
+            except StopIteration:
+                break
+            except tf.errors.DataLossError:  # torn last record
+                dropped += 1
+                break
+            event = event_pb2.Event.FromString(record.numpy())
+            if event.HasField("summary") and event.step > last_step:
+                dropped += 1
+            elif event.HasField("summary") or not kept:
+                kept.append(record.numpy())  # summaries, and the first file_version header
+    if not dropped and len(files) == 1:
+        return 0
+    tmp = directory / (KEPT_EVENTS_FILE + ".tmp")
+    with tf.io.TFRecordWriter(str(tmp)) as out:
+        for record in kept:
+            out.write(record)
+    for path in files:
+        path.unlink()
+    os.replace(tmp, directory / KEPT_EVENTS_FILE)
+    return dropped
 
 
 def _plain(value):
@@ -21,20 +91,27 @@ def _plain(value):
 
 
 class MetricsWriter:
-    def __init__(self, workdir: str | pathlib.Path, enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, workdir: str | pathlib.Path, enabled: bool = True, tensorboard: bool = True,
+                 resume_step: int | None = None):
         self.enabled = enabled
         self.workdir = pathlib.Path(workdir)
         self._tb_writers = {}
         self._tensorboard = tensorboard and enabled
         if enabled:
             self.workdir.mkdir(parents=True, exist_ok=True)
+            if resume_step is not None:
+                truncate_jsonl(self.workdir / METRICS_FILE, resume_step)
+                tensorboard_dir = self.workdir / TENSORBOARD_DIR
+                if tensorboard_dir.is_dir():  # also when TensorBoard is off now but was on before
+                    for split_dir in sorted(p for p in tensorboard_dir.iterdir() if p.is_dir()):
+                        truncate_event_files(split_dir, resume_step)
             self._jsonl = open(self.workdir / METRICS_FILE, "a", encoding="utf-8")
 
     def _tb(self, split: str):
         if split not in self._tb_writers:
             import tensorflow as tf  # only when TensorBoard output is on: it is slow to import
             tf.config.set_visible_devices([], "GPU")  # keep TF off the accelerators JAX uses
-            self._tb_writers[split] = tf.summary.create_file_writer(str(self.workdir / "tensorboard" / split))
+            self._tb_writers[split] = tf.summary.create_file_writer(str(self.workdir / TENSORBOARD_DIR / split))
         return self._tb_writers[split]
 
     def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:

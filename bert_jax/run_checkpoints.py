@@ -39,6 +39,35 @@ def gather_process_states(local_state: Mapping[str, Any]) -> list[dict]:
             for p in range(jax.process_count())]
 
 
+# Fields of an input state that describe the process that saved it, not the place in the data.
+_PER_PROCESS_INFO = ("epoch",)
+
+
+def process_iterator_state(states: list[dict], process_index: int, process_count: int,
+                           restart_data_order: bool = False, where: str = "the checkpoint") -> dict | None:
+    """This process's input state from the states every process saved.
+
+    Same process count: its own. Another count (elastic resume): a state that is the same on
+    every saving process is a global position (the non-packed pipeline, synthetic batches) and
+    continues exactly on any count; a per-process state (a packed stream) cannot continue the
+    same way, which is an error unless `restart_data_order`, which returns None (the iterator
+    starts its order afresh)."""
+    if len(states) == process_count:
+        return states[process_index]
+    strip = lambda s: {k: v for k, v in s.items() if k not in _PER_PROCESS_INFO}
+    if all(strip(s) == strip(states[0]) for s in states) and not states[0].get("packing", False):
+        return strip(states[0])
+    if restart_data_order:
+        return None
+    raise ValueError(
+        f"{where}: the checkpoint holds the input states of {len(states)} processes, this run has "
+        f"{process_count}, and the states are per process (a packed stream keeps its own position in "
+        f"each process), so the data order cannot continue the same way on {process_count} processes. "
+        f"Resume on {len(states)} processes, or pass --config.train.restart_data_order=True to restore "
+        f"the model and optimizer and start the data order afresh (the batches then differ from an "
+        f"uninterrupted run).")
+
+
 class RunCheckpointer:
     def __init__(self, workdir: str | pathlib.Path, checkpoint_config: Mapping[str, Any],
                  main_metric: str | None = None, higher_is_better: bool = True):
@@ -85,19 +114,21 @@ class RunCheckpointer:
         metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
         return self.manager.save(step, args=args, metrics=metrics, force=force)
 
-    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
-        """(state on the shardings of `abstract_state`, this process's iterator state, meta)."""
+    def restore(self, step: int, abstract_state: Any, restart_data_order: bool = False
+                ) -> tuple[Any, dict | None, dict]:
+        """(state on the shardings of `abstract_state`, this process's iterator state, meta).
+
+        The state's arrays are resharded onto any mesh. The iterator state follows
+        `process_iterator_state`: None means "start the data order afresh"."""
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state),
             iterator=ocp.args.JsonRestore(),
             meta=ocp.args.JsonRestore(),
         ))
-        states = restored["iterator"]["process_states"]
-        if len(states) != jax.process_count():
-            raise ValueError(
-                f"{self.directory / str(step)}: the checkpoint holds the input state of {len(states)} "
-                f"processes but this run has {jax.process_count()}; resume with the same number of hosts")
-        return restored["state"], states[jax.process_index()], restored["meta"]
+        iterator_state = process_iterator_state(
+            restored["iterator"]["process_states"], jax.process_index(), jax.process_count(),
+            restart_data_order, where=str(self.directory / str(step)))
+        return restored["state"], iterator_state, restored["meta"]
 
     def wait_until_finished(self) -> None:
         self.manager.wait_until_finished()

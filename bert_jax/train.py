@@ -11,7 +11,11 @@
 - SIGTERM saves a checkpoint at the current step and returns (exit code 0 from main).
 - A non-finite loss or gradient norm never reaches the params; `config.train.nonfinite_policy`
   says whether the run halts ("halt") or skips that update and counts it ("skip").
-- Outputs in the workdir: metrics.jsonl, tensorboard/, checkpoints/, results.json at the end.
+- Outputs in the workdir: config.json (the resolved config) and model_config.json (the BertConfig)
+  before step 1; metrics.jsonl and tensorboard/ (cut back to the restored step on resume);
+  checkpoints/; results.json at the end.
+- Timing: step_time_s, tokens_per_s and mfu count the train step alone (dispatch to result);
+  data_wait_s, eval_s and checkpoint_s are logged beside them; compile_time_s once per start.
 """
 
 from __future__ import annotations
@@ -143,6 +147,108 @@ def load_init_from(path: str) -> Any:
     return params
 
 
+# --------------------------------------------------------------------------- config resolution
+
+# BertConfig fields that belong to the run, not to a checkpoint: how the model computes and
+# regularises, never what its parameters are. A run's value always wins over a checkpoint's.
+RUN_MODEL_FIELDS = ("dtype", "param_dtype", "remat", "scan_layers", "attention_implementation",
+                    "hidden_dropout_prob", "attention_probs_dropout_prob")
+CONFIG_FILE = "config.json"  # the resolved config of the run, written before step 1
+MODEL_CONFIG_FILE = "model_config.json"  # the run's BertConfig (the fields of config.model)
+
+
+def architecture_fields() -> tuple[str, ...]:
+    """The BertConfig fields a checkpoint fixes: every field that is not a run field."""
+    from bert_jax.config import BertConfig
+    return tuple(f.name for f in dataclasses.fields(BertConfig) if f.name not in RUN_MODEL_FIELDS)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-9)
+    return a == b
+
+
+def resolve_model(model_section: dict, checkpoint=None, checkpoint_source: str = "") -> dict:
+    """The run's BertConfig fields: the checkpoint's architecture plus the run's own fields.
+
+    `model_section` is config.model as a dict; a field left None means "the checkpoint's value".
+    A given architecture field that differs from the checkpoint's is an error naming both."""
+    from bert_jax.config import BertConfig
+    defaults = dataclasses.asdict(BertConfig())
+    unknown = sorted(set(model_section) - set(defaults))
+    if unknown:
+        raise ValueError(f"config.model: unknown BertConfig fields {unknown}")
+    resolved, conflicts = {}, []
+    for name in defaults:
+        given = model_section.get(name)
+        if name in RUN_MODEL_FIELDS:
+            resolved[name] = defaults[name] if given is None else given
+            continue
+        if checkpoint is None:
+            if given is None:
+                raise ValueError(f"config.model.{name} is empty (it means: the value of the checkpoint in "
+                                 f"config.init_from), but config.init_from is empty; give --config.model.{name}=...")
+            resolved[name] = given
+            continue
+        found = getattr(checkpoint, name)
+        if given is not None and not _same(given, found):
+            conflicts.append(f"config.model.{name}={given!r} but the checkpoint has {name}={found!r}")
+        resolved[name] = found
+    if conflicts:
+        raise ValueError(f"config.init_from={checkpoint_source}: the run's model config contradicts the "
+                         "checkpoint's architecture (these fields fix the parameters; leave them unset to "
+                         "take the checkpoint's):\n  " + "\n  ".join(conflicts))
+    BertConfig(**resolved)  # validates
+    return resolved
+
+
+def resolve_config(config, num_train_examples: int | None = None, checkpoint=None):
+    """The config that runs: a resolved, unlocked copy of `config`; `config` is not changed.
+
+    Facts come from outside the config: the number of training examples (from the task) and the
+    checkpoint's BertConfig (from config.init_from). Derived here, and only here:
+      model            resolve_model(config.model, checkpoint)
+      train.num_steps  ceil(num_epochs * examples / batch_size) when the config has num_epochs > 0
+                       (then train.num_steps must be unset); num_epochs=0 uses train.num_steps
+      optimizer.warmup_steps  warmup_proportion * num_steps when the config has warmup_proportion >= 0
+                       (then warmup_steps must be unset); < 0 uses optimizer.warmup_steps
+    A user value that another field would overwrite is an error naming both fields."""
+    import ml_collections
+    resolved = ml_collections.ConfigDict(config.to_dict())
+    source = str(config.get("init_from") or "")
+    resolved.model = ml_collections.ConfigDict(resolve_model(config.model.to_dict(), checkpoint, source))
+    t = resolved.train
+    epochs = resolved.get("num_epochs")
+    if epochs is not None and epochs > 0 and t.num_steps != 0:
+        if t.num_steps is not None:
+            raise ValueError(f"config.train.num_steps={t.num_steps} and config.num_epochs={epochs} both set the "
+                             "number of steps; give one (--config.num_epochs=0 to train for train.num_steps)")
+        if num_train_examples is None:
+            raise ValueError(f"config.num_epochs={epochs}: the task reports no number of training examples "
+                             "to derive train.num_steps from; set num_epochs=0 and train.num_steps")
+        t.num_steps = max(1, math.ceil(epochs * num_train_examples / int(t.batch_size)))
+    if t.num_steps is None:
+        raise ValueError("config.train.num_steps is unset: give it, or config.num_epochs > 0")
+    proportion = resolved.get("warmup_proportion")
+    if proportion is not None and proportion >= 0:
+        if resolved.optimizer.warmup_steps is not None:
+            raise ValueError(f"config.optimizer.warmup_steps={resolved.optimizer.warmup_steps} and "
+                             f"config.warmup_proportion={proportion} both set the warmup; give one "
+                             "(--config.warmup_proportion=-1 to use optimizer.warmup_steps)")
+        resolved.optimizer.warmup_steps = int(proportion * int(t.num_steps))
+    if resolved.optimizer.warmup_steps is None:
+        raise ValueError("config.optimizer.warmup_steps is unset: give it, or config.warmup_proportion >= 0")
+    return resolved
+
+
+def _checkpoint_config(init_from: str):
+    if not init_from:
+        return None
+    from bert_jax.checkpoints import load_config
+    return load_config(init_from)
+
+
 # --------------------------------------------------------------------------- the steps
 
 
@@ -151,9 +257,11 @@ def _validate(config) -> None:
     if t.nonfinite_policy not in NONFINITE_POLICIES:
         raise ValueError(f"config.train.nonfinite_policy: expected one of {NONFINITE_POLICIES}, "
                          f"found {t.nonfinite_policy!r}")
-    for name in ("batch_size", "num_steps", "grad_accum_steps", "log_every", "eval_batch_size"):
+    for name in ("batch_size", "grad_accum_steps", "log_every", "eval_batch_size"):
         if int(t[name]) < 1:
             raise ValueError(f"config.train.{name}: expected >= 1, found {t[name]}")
+    if t.num_steps is not None and int(t.num_steps) < 0:
+        raise ValueError(f"config.train.num_steps: expected >= 0 (0: evaluate only), found {t.num_steps}")
     if t.batch_size % t.grad_accum_steps:
         raise ValueError(f"config.train.batch_size={t.batch_size} is not divisible by "
                          f"grad_accum_steps={t.grad_accum_steps}")
@@ -350,20 +458,90 @@ def _process_rows(batch: dict, process_index: int, process_count: int) -> dict:
     return {k: v[process_index * per:(process_index + 1) * per] for k, v in batch.items()}
 
 
+def compile_train_step(train_step, state, batch):
+    """Lowers and compiles the jitted step ahead of time: (compiled step, compile seconds, facts).
+
+    The facts are what the compiled program computes with, read from the lowered StableHLO:
+    the dtypes of the params it takes, the result dtypes of its matmuls (dot_general), its
+    optimization barriers (remat) and PRNG calls (dropout), so a run's record shows what ran,
+    not only what the config asked for."""
+    start = time.perf_counter()
+    lowered = train_step.lower(state, batch)
+    compiled = lowered.compile()
+    seconds = time.perf_counter() - start
+    return compiled, seconds, compiled_step_facts(lowered.as_text(), state.params)
+
+
+def compiled_step_facts(stablehlo_text: str, params) -> dict:
+    import collections
+    import re
+    dots = collections.Counter()
+    for line in stablehlo_text.splitlines():
+        if "stablehlo.dot_general" in line:
+            match = re.search(r"->\s*tensor<([^>]*)>\s*$", line.strip())
+            if match:
+                dots[match.group(1).split("x")[-1]] += 1
+    return {"param_dtypes": sorted({str(np.dtype(x.dtype)) for x in jax.tree.leaves(params)}),
+            "dot_general_result_dtypes": dict(sorted(dots.items())),
+            # remat shows as optimization barriers; dropout as calls of the PRNG (threefry) kernel.
+            "optimization_barriers": stablehlo_text.count("stablehlo.optimization_barrier"),
+            "random_bits_calls": len(re.findall(r"call @threefry2x32", stablehlo_text))}
+
+
+def _eval_source(config) -> str:
+    """What the eval batches are read from, for error messages."""
+    if config.task.get("synthetic_data"):
+        return "the synthetic eval batches"
+    for where, value in (("config.task.eval_input_files", config.task.get("eval_input_files")),
+                         ("config.eval_file", config.get("eval_file"))):
+        if value:
+            return f"{where}={value}"
+    return f"the eval data of task {config.task.name!r}"
+
+
+def _write_json_atomic(path: pathlib.Path, data) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class _IntervalClock:
+    """Seconds spent since the last logged step, by kind: the step itself (dispatch to result),
+    waiting for data, evaluating and checkpointing. Throughput is computed from `step` alone."""
+
+    KINDS = ("step", "data_wait", "eval", "checkpoint")
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.seconds = dict.fromkeys(self.KINDS, 0.0)
+        self.steps = 0
+
+    def add(self, kind: str, seconds: float):
+        self.seconds[kind] += seconds
+
+
 def train_and_evaluate(config, workdir: str | os.PathLike, task=None, devices=None, return_state: bool = False):
     """Trains `config.task` (or the given task object) in `workdir`; returns the results dict
-    (and the final TrainState when `return_state`). `devices` defaults to all devices."""
+    (and the final TrainState when `return_state`). `devices` defaults to all devices.
+
+    Everything that can refuse the run (config, data files, vocab, checkpoint architecture, mesh)
+    is checked before the workdir gets anything. `config` itself is not changed: the run uses
+    `resolve_config(config, ...)`, which config.json (written before step 1) records."""
     from bert_jax.config import BertConfig
     from bert_jax.tasks import make_task
 
     _validate(config)
     workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     process_index, process_count = jax.process_index(), jax.process_count()
     is_main = process_index == 0
-    tc = config.train
 
+    # ---- every check before the workdir is touched
     task = make_task(config) if task is None else task
+    config = resolve_config(config, getattr(task, "num_train_examples", None), _checkpoint_config(config.init_from))
+    _validate(config)
+    tc = config.train
     bert_config = BertConfig(**config.model.to_dict())
     model = task.make_model(bert_config)
     mesh = sharding.make_mesh(config.mesh, devices)
@@ -374,12 +552,24 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None, devices=No
         raise ValueError(f"config.train.batch_size / grad_accum_steps = {micro_batch} is not divisible by the "
                          f"{dp} data-parallel devices (mesh data x fsdp)")
     total_steps = int(tc.num_steps)
-    tx = optim.make_optimizer(config.optimizer, total_steps)
+    schedule_steps = max(total_steps, 1)  # num_steps=0 (evaluate only) still builds an optimizer
+    tx = optim.make_optimizer(config.optimizer, schedule_steps)
     schedule = optim.learning_rate_schedule(float(config.optimizer.learning_rate),
-                                            int(config.optimizer.warmup_steps), total_steps)
-    writer = MetricsWriter(workdir, enabled=is_main, tensorboard=bool(config.logging.tensorboard))
+                                            int(config.optimizer.warmup_steps), schedule_steps)
+    train_iter = (task.train_iterator(int(tc.batch_size), int(config.seed), process_index, process_count)
+                  if total_steps > 0 else None)
+
+    # ---- the workdir: the run's record first, then checkpoints and metrics
+    workdir.mkdir(parents=True, exist_ok=True)
+    if is_main:
+        _write_json_atomic(workdir / CONFIG_FILE, config.to_dict())
+        _write_json_atomic(workdir / MODEL_CONFIG_FILE, dataclasses.asdict(bert_config))
     checkpointer = RunCheckpointer(workdir, config.checkpoint, task.main_metric,
                                    getattr(task, "higher_is_better", True))
+    latest = checkpointer.latest_step()
+    # Rows after the restored step belong to steps that will run again: cut them.
+    writer = MetricsWriter(workdir, enabled=is_main, tensorboard=bool(config.logging.tensorboard),
+                           resume_step=latest or 0)
 
     # The logical rules shard params, optimizer state and batches explicitly (in/out shardings), and,
     # installed as a context, they also turn the model's activation constraints on
@@ -390,13 +580,13 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None, devices=No
         param_shardings = layout.param_shardings
         replicated = sharding.replicated(mesh)
 
-        train_iter = task.train_iterator(int(tc.batch_size), int(config.seed), process_index, process_count)
-        latest = checkpointer.latest_step()
         meta: dict = {}
         if latest is not None:
             # ---- resume: everything from the newest complete checkpoint
-            state, iterator_state, meta = checkpointer.restore(latest, layout.abstract_state)
-            train_iter.set_state(iterator_state)
+            state, iterator_state, meta = checkpointer.restore(
+                latest, layout.abstract_state, restart_data_order=bool(tc.restart_data_order))
+            if train_iter is not None and iterator_state is not None:
+                train_iter.set_state(iterator_state)
             log.info("resumed from %s at step %d", checkpointer.directory / str(latest), latest)
         else:
             params = layout.init_params()
@@ -410,6 +600,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None, devices=No
 
         batch_shard = sharding.batch_sharding(mesh, 1)  # a prefix: dim 0 split, the rest replicated
         train_step = jit_train_step(task, model, tx, schedule, int(tc.grad_accum_steps), mesh, layout)
+        compiled_step, compile_time_s, step_facts, compile_logged = None, None, None, False
         predict_step = jax.jit(lambda params, batch: task.predict(model, params, batch),
                                in_shardings=(param_shardings, batch_shard), out_shardings=replicated)
         params_finite = jax.jit(_all_finite)
@@ -419,7 +610,9 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None, devices=No
         eval_metrics: dict = meta.get("last_eval") or {}
         peak, peak_source = flops_lib.peak_flops_per_device(float(config.logging.peak_flops_per_device))
         flops_per_token = None
+        eval_source = _eval_source(config)
         bar = ProgressBar(total_steps, step, enabled=is_main and bool(config.logging.progress_bar))
+        clock = _IntervalClock()
 
         def check_finite_policy():
             first = int(jax.device_get(state.first_nonfinite_step))
@@ -430,8 +623,10 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None, devices=No
                     f"Lower the learning rate, check the data, or set nonfinite_policy='skip'.")
 
         def evaluate() -> dict:
+            start = time.perf_counter()
             predictions, batches = [], []
-            for global_batch in task.eval_batches(int(tc.eval_batch_size)):
+            for i, global_batch in enumerate(task.eval_batches(int(tc.eval_batch_size))):
+                check_token_ids(global_batch, bert_config.vocab_size, f"eval batch {i + 1} of {eval_source}")
                 local = _process_rows(global_batch, process_index, process_count)
                 out = predict_step(state.params, sharding.make_global_batch(local, mesh))
                 predictions.append(jax.tree.map(np.asarray, out))
@@ -441,46 +636,62 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None, devices=No
             metrics = task.evaluate(predictions, batches)
             if is_main and hasattr(task, "write_predictions"):
                 task.write_predictions(predictions, batches, workdir / "predictions")
+            clock.add("eval", time.perf_counter() - start)
             return metrics
 
         def save(metrics=None, force=False):
+            start = time.perf_counter()
             check_finite_policy()
             if not bool(jax.device_get(params_finite(state.params))):
                 raise NonFiniteError(f"params are not finite at step {step}; refusing to write a checkpoint")
             meta_out = {"step": step, "best": best, "last_eval": eval_metrics, "process_count": process_count}
             checkpointer.save(step, state, train_iter.get_state(), meta_out, metrics=metrics, force=force)
+            clock.add("checkpoint", time.perf_counter() - start)
 
         preempted = False
-        interval_start, interval_steps = time.perf_counter(), 0
         with _SigtermFlag() as sigterm:
             stop_at = int(tc.stop_at_step) or total_steps
             while step < min(total_steps, stop_at):
+                data_start = time.perf_counter()
                 host_batch = next(train_iter)
                 check_token_ids(host_batch, bert_config.vocab_size, f"step {step + 1}")
                 batch = sharding.make_global_batch(host_batch, mesh)
-                state, metrics = train_step(state, batch)
+                step_start = time.perf_counter()
+                clock.add("data_wait", step_start - data_start)
+                if compiled_step is None:  # compiled once per process start, timed on its own
+                    compiled_step, compile_time_s, step_facts = compile_train_step(train_step, state, batch)
+                    log.info("train step compiled in %.2f s: %s", compile_time_s, step_facts)
+                    step_start = time.perf_counter()
+                state, metrics = compiled_step(state, batch)
+                jax.block_until_ready(metrics)  # the step's time ends when its results exist
+                clock.add("step", time.perf_counter() - step_start)
                 step += 1
-                interval_steps += 1
+                clock.steps += 1
                 if flops_per_token is None:
                     seq_len = int(batch["input_ids"].shape[1])
                     predictions = int(batch["masked_lm_positions"].shape[1]) if "masked_lm_positions" in batch else 0
                     flops_per_token = flops_lib.training_flops_per_token(
                         bert_config, seq_len, predictions, nsp="next_sentence_labels" in batch)
                     tokens_per_step = int(tc.batch_size) * seq_len
-                if step % tc.log_every == 0 or step == total_steps:  # the first interval includes compilation
+                if step % tc.log_every == 0 or step == total_steps:
                     host_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    elapsed = time.perf_counter() - interval_start
-                    tokens_per_s = interval_steps * tokens_per_step / elapsed
+                    step_time = clock.seconds["step"] / clock.steps
+                    tokens_per_s = tokens_per_step / step_time
                     host_metrics.update(
-                        step_time_s=elapsed / interval_steps, tokens_per_s=tokens_per_s,
+                        step_time_s=step_time, tokens_per_s=tokens_per_s,
                         mfu=tokens_per_s * flops_per_token / (peak * jax.device_count()),
+                        data_wait_s=clock.seconds["data_wait"], eval_s=clock.seconds["eval"],
+                        checkpoint_s=clock.seconds["checkpoint"],
                         nonfinite_steps=int(jax.device_get(state.nonfinite_steps)))
+                    if compile_time_s is not None and not compile_logged:
+                        host_metrics["compile_time_s"] = compile_time_s  # once per process start
+                        compile_logged = True
                     check_finite_policy()
                     writer.write(step, "train", host_metrics)
                     bar.update(step, {"loss": host_metrics["loss"]})
                     if not bar.active and is_main:
                         log.info("step %d: %s", step, {k: round(v, 5) for k, v in host_metrics.items()})
-                    interval_start, interval_steps = time.perf_counter(), 0
+                    clock.reset()
                 saved = False
                 if tc.eval_every and step % tc.eval_every == 0 and step < total_steps:
                     eval_metrics = evaluate()
@@ -505,7 +716,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None, devices=No
             if eval_metrics:
                 writer.write(step, "eval", eval_metrics)
                 best = _update_best(best, eval_metrics, step, task)
-            if checkpointer.latest_step() != step:
+            if total_steps > 0 and checkpointer.latest_step() != step:
                 save(metrics=eval_metrics or None, force=True)
         checkpointer.wait_until_finished()
         checkpointer.close()
@@ -523,10 +734,12 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None, devices=No
         "init_from": config.init_from or None,
         "peak_flops_per_device": peak,
         "peak_flops_source": peak_source,
+        "compile_time_s": compile_time_s,
+        "compiled_step": step_facts,
         "config": config.to_dict(),
     }
     if is_main and not preempted:
-        (workdir / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+        _write_json_atomic(workdir / RESULTS_FILE, results)
     return (results, state) if return_state else results
 
 
@@ -559,6 +772,10 @@ def default_config():
         eval_batch_size=256,
         nonfinite_policy="halt",  # "halt" | "skip"
         stop_at_step=0,  # > 0: save and exit at this step (time-sliced jobs); rerun to continue
+        # Resuming on another number of processes: the non-packed input state is a global position
+        # and continues exactly; a packed stream's per-process state cannot. True: start the data
+        # order afresh instead of refusing (the model state is restored either way).
+        restart_data_order=False,
     ))
     c.optimizer = optim.default_config()
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, rules="data_parallel"))

@@ -1,7 +1,9 @@
 """Every experiment file, with every argument it documents, gives a complete and valid config.
 
-No training here: each config is locked (as main.py locks it), its model section must build a
-BertConfig, its task must be registered, its optimizer must build, its mesh rules must exist,
+No training here: each config is locked (as main.py locks it) and resolved as the trainer
+resolves it (`train.resolve_config`, with a fine-tuning config's facts stood in: 1,000 training
+examples and a BERT-base checkpoint); its model section must then build a BertConfig, its task
+must be registered, its optimizer must build, its mesh rules must exist,
 and a pretraining config's data section must pass the input pipeline's own validation.
 Each experiment file lists its documented arguments in DOCUMENTED_ARGS.
 """
@@ -44,6 +46,8 @@ def test_experiment_config_is_complete_and_valid(path, arg):
 
     missing = [name for name in SECTIONS if name not in config]
     assert not missing, f"{path.name}:{arg} lacks config sections {missing}"
+    checkpoint = BertConfig.preset("base") if "num_epochs" in config else None  # fine-tuning: from init_from
+    config = train.resolve_config(config, num_train_examples=1000, checkpoint=checkpoint)
     BertConfig.from_dict(config.model.to_dict())  # raises on an invalid architecture
     assert config.task.name in TASKS, f"{path.name}:{arg}: task {config.task.name!r} is not registered"
     train._validate(config)

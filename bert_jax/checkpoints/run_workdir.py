@@ -1,8 +1,10 @@
 """A bert_jax training run's workdir as a pretrained model: the params of its newest orbax
 checkpoint (bert_jax.run_checkpoints), with the BertConfig the run recorded.
 
-The trainer writes the run's config (`config.model` = the BertConfig fields) into
-results.json when the run ends; a run that has not finished has no record of it yet.
+The trainer writes the run's BertConfig (model_config.json) and its resolved config
+(config.json) before step 1, so the workdir of a run that is still going, or was stopped
+before its end, is as usable as a finished one: its newest complete checkpoint is taken.
+Runs from before those files existed have the config in results.json (finished runs only).
 """
 
 from __future__ import annotations
@@ -19,26 +21,38 @@ from bert_jax.config import BertConfig
 
 CHECKPOINT_DIR = "checkpoints"  # = bert_jax.run_checkpoints.CHECKPOINT_DIR (not imported: orbax is heavy)
 RESULTS_FILE = "results.json"  # = bert_jax.train.RESULTS_FILE
+MODEL_CONFIG_FILE = "model_config.json"  # = bert_jax.train.MODEL_CONFIG_FILE
+CONFIG_FILE = "config.json"  # = bert_jax.train.CONFIG_FILE
 
 
 def is_run_workdir(path: str) -> bool:
     return os.path.isdir(os.path.join(path, CHECKPOINT_DIR))
 
 
+def config_source(workdir: str) -> str:
+    """The file that holds the run's BertConfig (see read_config)."""
+    for name in (MODEL_CONFIG_FILE, CONFIG_FILE, RESULTS_FILE):
+        if os.path.isfile(os.path.join(workdir, name)):
+            return os.path.join(workdir, name)
+    raise CheckpointError(
+        f"run workdir {workdir} has checkpoints/ but none of {MODEL_CONFIG_FILE}, {CONFIG_FILE}, "
+        f"{RESULTS_FILE}, where the trainer records the model config; export the params with "
+        f"save_pretrained and the run's BertConfig instead")
+
+
 def read_config(workdir: str) -> BertConfig:
-    results_path = os.path.join(workdir, RESULTS_FILE)
-    if not os.path.isfile(results_path):
-        raise CheckpointError(
-            f"run workdir {workdir} has checkpoints/ but no {RESULTS_FILE}, which is where the trainer "
-            f"records the model config (config.model) when the run ends; export the params with "
-            f"save_pretrained and the run's BertConfig instead"
-        )
-    with open(results_path, encoding="utf-8") as f:
-        results = json.load(f)
-    model = (results.get("config") or {}).get("model")
+    path = config_source(workdir)
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if path.endswith(MODEL_CONFIG_FILE):
+        model, where = data, path
+    elif path.endswith(CONFIG_FILE):
+        model, where = data.get("model"), f"{path} model"
+    else:
+        model, where = (data.get("config") or {}).get("model"), f"{path} config.model"
     if not isinstance(model, dict):
-        raise CheckpointError(f"{results_path} has no config.model object with the BertConfig fields")
-    return BertConfig.from_dict(model, source=f"{results_path} config.model")
+        raise CheckpointError(f"{where}: expected an object with the BertConfig fields, found {type(model).__name__}")
+    return BertConfig.from_dict(model, source=where)
 
 
 def load(workdir: str, dtype=np.float32, check_vocab: bool = True) -> tuple[BertConfig, dict[str, Any]]:
@@ -54,6 +68,6 @@ def load(workdir: str, dtype=np.float32, check_vocab: bool = True) -> tuple[Bert
         raise CheckpointError(str(e)) from None
     flat = validation.flatten(unstack_layers(params))  # a scan_layers run stores bert/encoder/layers
     where = f"{os.path.join(workdir, CHECKPOINT_DIR, str(step))} (params)"
-    validation.check_params(flat, config, where=where, config_source=os.path.join(workdir, RESULTS_FILE))
+    validation.check_params(flat, config, where=where, config_source=config_source(workdir))
     dtype = validation.resolve_dtype(dtype)
     return config, {k: np.asarray(v).astype(dtype) for k, v in flat.items()}

@@ -1,27 +1,33 @@
-"""What every fine-tuning experiment shares: its config fields and their resolution at start-up.
+"""What every fine-tuning experiment shares: its config fields, and the checks a task makes of them.
 
 `base_config(task_name)` gives the trainer's config (`bert_jax.train.default_config`) plus:
 
     init_from            pretrained model: HF / Google TF / bert_jax directory, or a bert_jax run workdir
+                         (finished or not: its newest complete checkpoint)
     vocab_file           "" = the vocab.txt (or spm.model) beside the checkpoint
     lowercase            uncased tokenisation (lowercase + strip accents)
     max_seq_length       128
-    num_epochs           3: sets train.num_steps = ceil(epochs * train examples / batch); 0 keeps num_steps
-    warmup_proportion    0.1: optimizer.warmup_steps = 10% of the steps, then linear decay; < 0 keeps warmup_steps
-    dropout_rate         0.1 on hidden states and attention probabilities (the paper's value)
+    num_epochs           3: train.num_steps = ceil(epochs * train examples / batch); 0: give train.num_steps
+    warmup_proportion    0.1: optimizer.warmup_steps = 10% of the steps; < 0: give optimizer.warmup_steps
     sweep                the paper's grid: learning_rate {5e-5, 3e-5, 2e-5}, batch_size {16, 32}, num_epochs {2, 3, 4}
 
-`resolve(config, num_train_examples)`, called by each task's factory when the trainer builds the
-task (before it reads `config.model` and `config.train.num_steps`), fills `config.model` with
-the checkpoint's architecture, and the schedule from the epochs; results.json then records
-the values used. The tokenizer's vocab size is checked against the checkpoint's vocab_size.
+`config.model`: the architecture fields (vocab_size, hidden_size, ...) are unset, meaning "the
+checkpoint's"; a value given for one must equal the checkpoint's, else the run is refused. The
+run's own fields (dtype, param_dtype, remat, scan_layers, attention_implementation and the two
+dropout probabilities, 0.1 as in the paper) are the config's, whatever the checkpoint says.
+`train.num_steps` and `optimizer.warmup_steps` are unset too: they follow from the epochs and
+the warmup proportion, and giving one of them as well is an error naming both.
+
+The trainer does all of this (`bert_jax.train.resolve_config`) from facts the task reports
+(`num_train_examples`) and the checkpoint's config; a task's factory only calls `resolve`
+here, which checks the tokenizer and max_seq_length against the checkpoint and edits nothing.
+config.json and results.json in the workdir record the values used.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import pathlib
 
@@ -47,14 +53,14 @@ def base_config(task_name: str, *, max_seq_length: int = 128, learning_rate: flo
     config.max_seq_length = max_seq_length
     config.num_epochs = num_epochs
     config.warmup_proportion = 0.1
-    config.dropout_rate = 0.1
     config.sweep = ml_collections.ConfigDict({k: list(v) for k, v in PAPER_SWEEP.items()})
-    # Filled from the checkpoint by resolve(); these base values only reserve the fields.
-    config.model = ml_collections.ConfigDict(BertConfig.preset("base").to_dict())
+    config.model = model_placeholder()
     config.task = ml_collections.ConfigDict(dict(name=task_name))
     config.optimizer.learning_rate = learning_rate
     config.optimizer.weight_decay = 0.01
+    config.optimizer.warmup_steps = ml_collections.FieldReference(None, field_type=int)  # from warmup_proportion
     config.train.batch_size = batch_size
+    config.train.num_steps = ml_collections.FieldReference(None, field_type=int)  # from num_epochs
     config.train.eval_batch_size = 64
     config.train.log_every = 50
     config.train.eval_every = 0  # evaluate at the end of training; set N to evaluate every N steps
@@ -65,6 +71,21 @@ def base_config(task_name: str, *, max_seq_length: int = 128, learning_rate: flo
     return config
 
 
+def model_placeholder() -> ml_collections.ConfigDict:
+    """config.model for a run whose architecture comes from its checkpoint: architecture fields
+    unset (typed, so --config.model.hidden_size=768 parses), the run's fields at the paper's values."""
+    from bert_jax.train import RUN_MODEL_FIELDS
+
+    defaults = BertConfig().to_dict()
+    fields = {}
+    for name, value in defaults.items():
+        if name in RUN_MODEL_FIELDS:
+            fields[name] = value
+        else:
+            fields[name] = ml_collections.FieldReference(None, field_type=type(value))
+    return ml_collections.ConfigDict(fields)
+
+
 def checkpoint_bert_config(init_from: str) -> BertConfig:
     """The architecture of a pretrained model (any format load_pretrained reads), without its weights."""
     from bert_jax.checkpoints import load_config
@@ -73,11 +94,14 @@ def checkpoint_bert_config(init_from: str) -> BertConfig:
 
 
 def _run_vocab(init_from: str) -> str | None:
-    """The vocab file a bert_jax pretraining run used, from its results.json."""
-    results = pathlib.Path(init_from) / "results.json"
-    if results.is_file():
-        data = json.loads(results.read_text()).get("config", {}).get("data", {})
-        return data.get("vocab_file") or None
+    """The vocab file a bert_jax pretraining run used, from the config it recorded at its start
+    (config.json; results.json for runs from before config.json existed)."""
+    for name in ("config.json", "results.json"):
+        path = pathlib.Path(init_from) / name
+        if path.is_file() and (pathlib.Path(init_from) / "checkpoints").is_dir():
+            data = json.loads(path.read_text())
+            data = data.get("config", {}) if name == "results.json" else data
+            return (data.get("data") or {}).get("vocab_file") or None
     return None
 
 
@@ -92,26 +116,14 @@ def load_tokenizer(config):
 
 
 def resolve(config, tokenizer, num_train_examples: int) -> None:
-    """Fills config.model from the checkpoint and the step schedule from the epochs (in place)."""
+    """Checks the tokenizer and max_seq_length against the checkpoint's architecture; edits
+    nothing (the trainer derives the model config and the step schedule: train.resolve_config)."""
     bert_config = checkpoint_bert_config(config.init_from)
-    bert_config = bert_config.replace(
-        hidden_dropout_prob=float(config.dropout_rate), attention_probs_dropout_prob=float(config.dropout_rate)
-    )
     features_lib.check_vocab(tokenizer, bert_config)
     if config.max_seq_length > bert_config.max_position_embeddings:
         raise ValueError(f"config.max_seq_length={config.max_seq_length} exceeds the checkpoint's "
                          f"max_position_embeddings={bert_config.max_position_embeddings}")
-    config.model.update(bert_config.to_dict())
-    if config.num_epochs > 0:
-        steps = max(1, math.ceil(config.num_epochs * num_train_examples / config.train.batch_size))
-        config.train.num_steps = steps
-    if config.warmup_proportion >= 0:
-        config.optimizer.warmup_steps = int(config.warmup_proportion * config.train.num_steps)
-    log.info(
-        "fine-tuning %s from %s: %d training examples, batch %d, %d steps (%s epochs), warmup %d, lr %g",
-        config.task.name, config.init_from, num_train_examples, config.train.batch_size, config.train.num_steps,
-        config.num_epochs, config.optimizer.warmup_steps, config.optimizer.learning_rate,
-    )
+    log.info("fine-tuning %s from %s: %d training examples", config.task.name, config.init_from, num_train_examples)
 
 
 def data_path(path: str, field: str = "a data path") -> str:
