@@ -9,8 +9,19 @@ import pathlib
 
 import pytest
 
-# 8 host devices for the sharding tests. It has to be set before jax is first imported.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# 8 host devices for the sharding tests. It has to be set before jax is first imported, and it is
+# appended to XLA_FLAGS, not set by default: GPU hosts and the portability runs (e.g.
+# XLA_FLAGS=--xla_cpu_multi_thread_eigen=false) already set XLA_FLAGS, and a setdefault would
+# leave those runs with one device. A device count given in XLA_FLAGS already is replaced.
+HOST_DEVICES_FLAG = "--xla_force_host_platform_device_count=8"
+
+
+def with_host_devices(flags: str, flag: str = HOST_DEVICES_FLAG) -> str:
+    kept = [f for f in flags.split() if not f.startswith("--xla_force_host_platform_device_count")]
+    return " ".join([*kept, flag])
+
+
+os.environ["XLA_FLAGS"] = with_host_devices(os.environ.get("XLA_FLAGS", ""))
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -10,6 +10,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from scipy import stats
 
 from bert_jax.modeling.dropout import Dropout, keep_mask, keep_threshold
+from tests.train_helpers import require_devices
 
 SHAPE = (16, 12, 64, 128)  # [batch, heads, query, key]: 1.57M draws
 
@@ -69,8 +70,7 @@ def test_deterministic_or_zero_rate_is_identity_and_odd_widths_fall_back():
 
 
 def test_same_mask_under_every_sharding():
-    if jax.device_count() < 8:
-        pytest.skip("needs 8 devices (tests/conftest.py sets XLA_FLAGS for 8 CPU devices)")
+    require_devices(8)
     key = jax.random.PRNGKey(6)
     shape = (8, 4, 16, 32)
     single = np.asarray(keep_mask(key, shape, 0.1))

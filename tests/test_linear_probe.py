@@ -9,6 +9,7 @@ from flax import linen as nn
 from bert_jax.config import BertConfig
 from bert_jax.modeling.models import BertModel
 from tests.train_helpers import REPO, import_file
+from tests.tolerances import FORWARD_REL, assert_close
 
 probe = import_file(REPO / "benchmarks/linear_probe.py")
 CONFIG = BertConfig.preset("tiny", vocab_size=50, max_position_embeddings=32)
@@ -36,18 +37,18 @@ def test_features_do_not_depend_on_padding():
     assert set(short) == set(probe.FEATURE_SETS)
     for name in probe.FEATURE_SETS:
         assert short[name].shape == (2, CONFIG.hidden_size)
-        np.testing.assert_allclose(short[name], long[name], atol=1e-5, err_msg=name)
+        assert_close(short[name], long[name], FORWARD_REL, err_msg=name)
 
 
 def test_mean_features_average_only_the_real_tokens():
     params = _params()
     feats = probe.encoder_features(CONFIG, params, _arrays(ROWS, 8))
     table = np.asarray(params["embeddings"]["word_embeddings"]["embedding"])
-    np.testing.assert_allclose(feats["emb_mean"][1], table[ROWS[1]].mean(axis=0), atol=1e-6)
+    assert_close(feats["emb_mean"][1], table[ROWS[1]].mean(axis=0), FORWARD_REL)
     # Each sentence alone, unpadded: the mean of every output row.
     alone = BertModel(CONFIG).apply({"params": params}, np.array([ROWS[0]], np.int32))["sequence_output"]
-    np.testing.assert_allclose(feats["mean"][0], np.asarray(alone)[0].mean(axis=0), atol=1e-5)
-    np.testing.assert_allclose(feats["cls"][0], np.asarray(alone)[0, 0], atol=1e-5)
+    assert_close(feats["mean"][0], np.asarray(alone)[0].mean(axis=0), FORWARD_REL)
+    assert_close(feats["cls"][0], np.asarray(alone)[0, 0], FORWARD_REL)
 
 
 def test_sentence_pair_files_are_refused(tmp_path):

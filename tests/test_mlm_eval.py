@@ -11,6 +11,7 @@ from flax import linen as nn
 from bert_jax.config import BertConfig
 from bert_jax.modeling.models import BertForPreTraining
 from tests.train_helpers import REPO, import_file
+from tests.tolerances import FORWARD_REL, check_bound
 
 mlm_eval = import_file(REPO / "benchmarks/mlm_eval.py")
 
@@ -52,7 +53,7 @@ def test_metrics_do_not_depend_on_the_batch_size():
     pieces = mlm_eval.evaluate(CONFIG, params, instances, batch_size=4)
     assert whole["mlm_loss"] > math.log(VOCAB) + 0.1  # large random weights: far from chance
     for key in ("mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy"):
-        assert abs(whole[key] - pieces[key]) < 1e-5, key
+        check_bound(key, abs(whole[key] - pieces[key]) / max(abs(whole[key]), 1e-3), FORWARD_REL)
 
 
 def test_instances_from_a_larger_vocabulary_are_refused():

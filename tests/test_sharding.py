@@ -9,6 +9,7 @@ from flax import linen as nn
 from jax.sharding import AxisType, PartitionSpec as P
 
 from bert_jax import sharding
+from tests.train_helpers import require_devices
 
 
 class _Projection(nn.Module):
@@ -57,8 +58,7 @@ def test_mesh_has_auto_axes_over_all_devices():
     ("tensor", P("fsdp", "tensor"), P("tensor")),
 ])
 def test_rules_tables_shard_params_and_optimizer_state(rules, kernel_spec, bias_spec):
-    if len(jax.devices()) < 8:
-        pytest.skip("needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)")
+    require_devices(8)
     mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     model = _Projection()
     abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.ones((4, 16)))
@@ -84,8 +84,7 @@ def test_activation_batch_takes_fsdp_before_embed():
 
 
 def test_global_batch_is_split_over_data_and_fsdp():
-    if len(jax.devices()) < 8:
-        pytest.skip("needs 8 devices")
+    require_devices(8)
     mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     local = {"input_ids": np.arange(8 * 3, dtype=np.int32).reshape(8, 3)}
     batch = sharding.make_global_batch(local, mesh)

@@ -52,9 +52,27 @@ def main_command(workdir, *overrides):
             f"--workdir={workdir}", *CLI_OVERRIDES, *overrides]
 
 
+# A generous bound on one bert_jax.main / pipeline subprocess: a hung child fails the test
+# instead of hanging CI.
+SUBPROCESS_TIMEOUT_S = 900
+
+
+def require_devices(n: int = 8):
+    """Fail (never skip) when the 8 host devices of tests/conftest.py are missing: a skipped
+    sharding test would leave the suite green without testing sharding."""
+    import jax
+    if jax.device_count() < n:
+        import pytest
+        pytest.fail(f"needs {n} devices; found {jax.device_count()} ({jax.devices()[0].platform}). "
+                    f"tests/conftest.py appends --xla_force_host_platform_device_count=8 to XLA_FLAGS "
+                    f"(now {os.environ.get('XLA_FLAGS')!r}); on an accelerator host set JAX_PLATFORMS=cpu")
+
+
 def subprocess_env(devices: int = 1, **extra):
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    # Keep the caller's other XLA flags (the portability runs set some), replace the device count.
+    kept = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
+    env["XLA_FLAGS"] = " ".join([*kept, f"--xla_force_host_platform_device_count={devices}"])
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra)
     return env
@@ -62,7 +80,7 @@ def subprocess_env(devices: int = 1, **extra):
 
 def run_main(workdir, *overrides, devices=1, check=True):
     result = subprocess.run(main_command(workdir, *overrides), cwd=REPO, env=subprocess_env(devices),
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
     if check and result.returncode != 0:
         raise AssertionError(f"bert_jax.main failed ({result.returncode}):\n{result.stderr[-4000:]}")
     return result
