@@ -1,14 +1,14 @@
 """Throughput of tokenisation and instance creation on real text. Prints numbers; asserts nothing.
 
     python -m data_pipelines.benchmark                      # $BERT_JAX_DATA/corpus/*.txt
-    python -m data_pipelines.benchmark --input 'corpus/*.txt' --vocab vocab.txt --num_workers 8
+    python -m data_pipelines.benchmark --input 'corpus/*.txt' --vocab vocab.txt
 
 Reports, each with wall-clock and CPU seconds:
   * tokenisation, single process: lines/s and tokens/s of `encode_ids_flat` (word-memoised Rust
     WordPiece) on every line, cold (empty word cache) and warm (second pass), and of the plain
     Rust pipeline one line at a time (`tokenize`) on a sample;
-  * corpus tokenisation over `--num_workers` forked processes (`tokenize_corpus`);
-  * instance creation + masking (Google's recipe, `--dupe_factor` passes) over the workers:
+  * corpus tokenisation (`TokenizedCorpus.from_documents`), one process;
+  * instance creation + masking (Google's recipe, `--dupe_factor` passes), one process:
     instances/s and tokens/s (non-padding tokens of the rows);
   * TFRecord serialisation: examples/s.
 """
@@ -50,11 +50,10 @@ def main(argv=None) -> None:
     p.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--max_seq_length", type=int, default=128)
     p.add_argument("--dupe_factor", type=int, default=1)
-    p.add_argument("--num_workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--sample_lines", type=int, default=20_000, help="lines for the line-at-a-time Rust timing")
     args = p.parse_args(argv)
 
-    print(f"input {args.input}; vocab {args.vocab}; {args.num_workers} worker(s); {os.cpu_count()} cpu(s)")
+    print(f"input {args.input}; vocab {args.vocab}; {os.cpu_count()} cpu(s)")
     with Timer() as t:
         tokenizer = load_tokenizer(args.vocab, lowercase=args.lowercase)
     _line("load tokenizer", t)
@@ -77,13 +76,13 @@ def main(argv=None) -> None:
 
     fresh = load_tokenizer(args.vocab, lowercase=args.lowercase)
     with Timer() as t:
-        corpus = pi.tokenize_corpus(documents, fresh, num_workers=args.num_workers)
-    _line(f"tokenise corpus, {args.num_workers} process(es)", t, lines=len(lines), tokens=corpus.num_tokens)
+        corpus = pi.TokenizedCorpus.from_documents(documents, fresh)
+    _line("tokenise corpus, 1 process", t, lines=len(lines), tokens=corpus.num_tokens)
 
     config = pi.InstanceConfig(max_seq_length=args.max_seq_length, dupe_factor=args.dupe_factor)
     with Timer() as t:
-        instances = pi.create_all_instances(corpus, tokenizer, config, num_workers=args.num_workers)
-    _line(f"create + mask instances (dupe {args.dupe_factor})", t, instances=len(instances),
+        instances = pi.create_all_instances(corpus, tokenizer, config)
+    _line(f"create + mask instances (dupe {args.dupe_factor}), 1 process", t, instances=len(instances),
           tokens=int(instances.input_mask.sum()))
 
     features = instances.features()

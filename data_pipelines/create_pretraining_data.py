@@ -1,38 +1,40 @@
-"""Pretraining data: text -> sharded TFRecords of Google's features, on every core.
+"""Pretraining data: text -> shards of Google's features, on every core or on Apache Beam.
 
     python -m data_pipelines.create_pretraining_data \\
         --input_file '/data/corpus/*.txt' --output_dir /data/pretrain_128 \\
-        --vocab_file vocab.txt --max_seq_length 128 --max_predictions_per_seq 20 \\
-        --dupe_factor 10 --num_shards 16 --num_workers 8
+        --vocab_file vocab.txt --max_seq_length 128 --max_predictions_per_seq 20 --dupe_factor 10
+
+    # the same recipe on Apache Beam: pipeline options after `--`
+    python -m data_pipelines.create_pretraining_data --engine beam ... -- \\
+        --runner=DirectRunner --direct_num_workers=2 --direct_running_mode=multi_processing
 
 Flags keep the names of google-research/bert's script; its recipe is in
-`data_pipelines.pretraining_instances`. Extra flags: `--mode nsp|full_sentences|doc_sentences`,
-`--no_masking` (unmasked rows for dynamic masking at load time), `--input_format google|paragraphs|tfds`.
+`data_pipelines.pretraining_instances`, run inside partitions of `--docs_per_partition`
+documents (see there). Extra flags: `--mode nsp|full_sentences|doc_sentences`, `--no_masking`
+(unmasked rows for dynamic masking at load time), `--input_format google|paragraphs|tfds`,
+`--output_format array_record|tfrecord`, `--engine local|beam`.
 
-Phases: read (text_input) -> tokenise (Rust/SentencePiece threads, all cores) -> create and mask
-instances (forked worker processes over units of documents) -> global shuffle -> write shards
-(worker processes, one shard each; instance i goes to shard i % num_shards as in Google's
-round-robin writer). Output files `part-XXXXX-of-YYYYY.tfrecord` and `metadata.json` (the
-config and counts). The bytes written depend only on the inputs, vocab and flags, never on
---num_workers. The last lines printed are the throughput numbers.
+Output: one shard per (partition, dupe pass), `part-XXXXX-of-YYYYY.array_record` (or
+`.tfrecord`, which Google's run_pretraining.py reads), `recipe.json` (the flags that fix the
+bytes, written first) and `metadata.json` (counts, written last). The bytes depend only on the
+inputs, vocab and flags: not on the engine, nor on the number of workers. Instances are written
+in the order they are made; the loader shuffles all records afresh every epoch. A killed local
+run rerun with the same flags keeps its finished shards. Paths may be gs:// (etils.epath).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
 
-import numpy as np
-
+from data_pipelines import instance_shards as shards
 from data_pipelines import pretraining_instances as pi
-from data_pipelines import text_input
-from data_pipelines.tfrecord_io import TFRecordWriter, encode_examples
+from data_pipelines import record_files, text_input
 
-WRITE_CHUNK = 4096  # rows serialised per vectorised call
+DOCS_PER_PARTITION = 20_000
 
 
 def _bool(text: str) -> bool:
@@ -43,10 +45,14 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = pi.InstanceConfig()
-    p = argparse.ArgumentParser(prog="python -m data_pipelines.create_pretraining_data",
-                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m data_pipelines.create_pretraining_data", description=__doc__,
+                                formatter_class=_HelpFormatter)
     p.add_argument("--input_file", required=True,
                    help="comma-separated globs of text files, or a TFDS name with --input_format tfds")
     p.add_argument("--input_format", default="google", choices=("google", "paragraphs", "tfds"))
@@ -65,9 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--short_seq_prob", type=float, default=d.short_seq_prob)
     p.add_argument("--mode", default=d.mode, choices=pi.MODES)
     p.add_argument("--no_masking", action="store_true", help="write unmasked rows (dynamic masking later)")
-    p.add_argument("--num_shards", type=int, default=1)
-    p.add_argument("--num_workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--output_format", default="array_record", choices=sorted(record_files.FORMATS),
+                   help="array_record (random access, read through grain) or tfrecord (Google's run_pretraining.py)")
+    p.add_argument("--docs_per_partition", type=int, default=DOCS_PER_PARTITION,
+                   help="documents per partition; random next sentences come from the same partition (fixes the output)")
     p.add_argument("--docs_per_unit", type=int, default=64, help="documents per work unit (fixes the output)")
+    p.add_argument("--engine", default="local", choices=("local", "beam"),
+                   help="local: forked processes on this machine; beam: Apache Beam (options after --)")
+    p.add_argument("--num_workers", type=int, default=os.cpu_count() or 1, help="local engine: worker processes")
+    p.add_argument("--temp_dir", default=None, help="local engine: where the tokenised spill files go")
+    p.add_argument("--num_shards", type=int, default=None, help=argparse.SUPPRESS)
     return p
 
 
@@ -79,92 +92,77 @@ def config_from_args(args) -> pi.InstanceConfig:
         whole_word_masking=bool(args.do_whole_word_mask)).validate()
 
 
-def shard_paths(output_dir: str, num_shards: int) -> list[str]:
-    return [os.path.join(output_dir, f"part-{k:05d}-of-{num_shards:05d}.tfrecord") for k in range(num_shards)]
+def make_plan(args) -> shards.ShardPlan:
+    return shards.ShardPlan(output_dir=args.output_dir, output_format=args.output_format,
+                            config=config_from_args(args), vocab_file=args.vocab_file,
+                            do_lower_case=args.do_lower_case, input_format=args.input_format,
+                            docs_per_partition=args.docs_per_partition, docs_per_unit=args.docs_per_unit)
 
 
-_SHARDS: dict = {}  # set before forking the writers
+def make_sources(args) -> list:
+    if args.input_format == "tfds":
+        return text_input.tfds_sources(args.input_file, split=args.tfds_split, text_feature=args.tfds_text_feature,
+                                       data_dir=args.tfds_data_dir)
+    return text_input.file_sources(args.input_file)
 
 
-def _write_shard(k: int) -> int:
-    features, paths = _SHARDS["features"], _SHARDS["paths"]
-    rows = np.arange(k, len(features["input_ids"]), len(paths))
-    with TFRecordWriter(paths[k]) as writer:
-        for start in range(0, len(rows), WRITE_CHUNK):
-            index = rows[start:start + WRITE_CHUNK]
-            for record in encode_examples({name: a[index] for name, a in features.items()}):
-                writer.write(record)
-    return len(rows)
-
-
-def write_shards(instances: pi.Instances, output_dir: str, num_shards: int, num_workers: int) -> list[str]:
-    os.makedirs(output_dir, exist_ok=True)
-    paths = shard_paths(output_dir, num_shards)
-    _SHARDS.update(features=instances.features(), paths=paths)
-    try:
-        pi.map_units(_write_shard, list(range(num_shards)), num_workers)
-    finally:
-        _SHARDS.clear()
-    return paths
+def prepare(argv) -> tuple:
+    """Parses and checks everything (flags, inputs, vocab, the output dir) before writing anything."""
+    if "--" in argv:
+        split = argv.index("--")
+        argv, pipeline_args = argv[:split], argv[split + 1:]
+    else:
+        pipeline_args = []
+    args = build_parser().parse_args(argv)
+    if args.num_shards is not None:
+        raise SystemExit("--num_shards was removed: the output has one shard per (partition, dupe pass); set "
+                         "--docs_per_partition for smaller or larger shards")
+    if pipeline_args and args.engine != "beam":
+        raise SystemExit(f"pipeline options {pipeline_args} after -- need --engine beam")
+    if args.num_workers < 1:
+        raise SystemExit(f"--num_workers must be >= 1, got {args.num_workers}")
+    if args.docs_per_partition < 1 or args.docs_per_unit < 1:
+        raise SystemExit(f"--docs_per_partition and --docs_per_unit must be >= 1, got {args.docs_per_partition} "
+                         f"and {args.docs_per_unit}")
+    plan = make_plan(args)
+    shards.check_vocab(plan)
+    sources = make_sources(args)
+    for source in sources:
+        source.check_readable()
+    plan = dataclasses.replace(plan, inputs=shards.source_inputs(sources))
+    shards.prepare_output_dir(plan)
+    return args, plan, sources, pipeline_args
 
 
 def main(argv=None) -> dict:
-    args = build_parser().parse_args(argv)
-    if args.num_shards < 1:
-        raise SystemExit(f"--num_shards must be >= 1, got {args.num_shards}")
-    config = config_from_args(args)
-    # Workers are forked processes; the Rust tokenizer is only called one text at a time (no
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Workers are forked processes; the Rust tokenizer is only called one batch at a time (no
     # thread pool to inherit), so its fork warning does not apply.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from data_pipelines.tokenization import load_tokenizer
+    start = time.perf_counter()
+    args, plan, sources, pipeline_args = prepare(argv)
+    if args.engine == "beam":
+        from data_pipelines import beam_executor
 
-    timings = {}
-    t0 = time.perf_counter()
-    tokenizer = load_tokenizer(args.vocab_file, lowercase=args.do_lower_case)
-    stats = text_input.InputStats()
-    if args.input_format == "tfds":
-        documents = text_input.read_tfds_documents(args.input_file, split=args.tfds_split,
-                                                   text_feature=args.tfds_text_feature,
-                                                   data_dir=args.tfds_data_dir, stats=stats)
+        metadata = beam_executor.run(plan, sources, pipeline_args)
     else:
-        documents = text_input.read_documents(args.input_file, args.input_format, stats=stats)
-    corpus = pi.tokenize_corpus(list(documents), tokenizer, num_workers=args.num_workers)
-    timings["read_and_tokenize_s"] = time.perf_counter() - t0
+        from data_pipelines import local_executor
 
-    t1 = time.perf_counter()
-    instances = pi.create_all_instances(corpus, tokenizer, config, num_workers=args.num_workers,
-                                        docs_per_unit=args.docs_per_unit)
-    timings["create_instances_s"] = time.perf_counter() - t1
-
-    t2 = time.perf_counter()
-    paths = write_shards(instances, args.output_dir, args.num_shards, args.num_workers)
-    timings["write_s"] = time.perf_counter() - t2
-    total = time.perf_counter() - t0
-
-    instance_tokens = int(instances.input_mask.sum())
-    report = {
-        "input_files": stats.files, "documents": corpus.num_documents, "sentences": corpus.num_sentences,
-        "input_tokens": corpus.num_tokens, "instances": len(instances), "instance_tokens": instance_tokens,
-        "invalid_utf8_lines": stats.invalid_utf8_lines, "long_lines_split": stats.long_lines_split,
-        "empty_documents_skipped": stats.empty_documents_skipped, "empty_files": stats.empty_files,
-        "num_workers": args.num_workers, **{k: round(v, 3) for k, v in timings.items()},
-        "total_s": round(total, 3), "instances_per_s": round(len(instances) / total, 1),
-        "tokens_per_s": round(instance_tokens / total, 1),
-        "input_tokens_per_s": round(corpus.num_tokens / total, 1),
-    }
-    with open(os.path.join(args.output_dir, "metadata.json"), "w", encoding="utf-8") as f:
-        json.dump({"config": dataclasses.asdict(config), "vocab_file": os.path.abspath(args.vocab_file),
-                   "do_lower_case": args.do_lower_case, "files": [os.path.basename(p) for p in paths],
-                   "counts": {k: report[k] for k in ("documents", "sentences", "input_tokens", "instances",
-                                                      "instance_tokens")}},
-                  f, indent=2)
+        metadata = local_executor.run(plan, sources, args.num_workers, temp_dir=args.temp_dir)
+    total = time.perf_counter() - start
+    counts = metadata["counts"]
+    report = {**counts, "shards": len(metadata["files"]), "partitions": metadata["num_partitions"],
+              **{k: metadata["input"][k] for k in ("files", "invalid_utf8_lines", "long_lines_split",
+                                                   "empty_documents_skipped", "empty_files")},
+              "engine": args.engine, "total_s": round(total, 3),
+              "instances_per_s": round(counts["instances"] / total, 1),
+              "tokens_per_s": round(counts["instance_tokens"] / total, 1)}
     for key, value in report.items():
         print(f"{key}: {value}")
     print(f"throughput: {report['instances_per_s']} instances/s, {report['tokens_per_s']} tokens/s "
-          f"(non-padding tokens of the written rows), {report['input_tokens_per_s']} input tokens/s, "
-          f"{total:.2f} s in all")
+          f"(non-padding tokens of the written rows), {total:.2f} s in all")
     return report
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

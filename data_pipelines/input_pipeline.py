@@ -14,10 +14,16 @@ key seed + epoch so every epoch has a new order; any position is random access, 
 `[process_index::process_count]` shards it over hosts. tf.data can resume only by saving its
 iterator as a TF checkpoint (shuffle buffers included, not JSON, tied to the graph), and a
 `shuffle(buffer)` mixes only nearby records. So the data is read by random access:
+* Google-format ArrayRecord files (create_pretraining_data's default): grain's
+  `ArrayRecordDataSource`, random access from each file's own index, so opening is instant
+  whatever the record count (no scan); a batch is one batched read + one `tf.io.parse_example`.
 * Google-format TFRecord files: an offset index of every record is built at start (a scan of the
-  12-byte record headers, no parsing), then a batch is `os.pread` + one `tf.io.parse_example`.
-  Record checksums are verified; a damaged record is reported by file and record number.
+  12-byte record headers, `tfrecord_io.record_offsets`; minutes per process at 10^8 records), then
+  a batch is a seek + read per record + one `tf.io.parse_example`. Record checksums are verified;
+  a damaged record is reported by file and record number.
 * TFDS datasets by name, through `tfds.data_source` (array_record files, random access).
+Files may be local or remote (etils.epath: gs://, ...). grain's ArrayRecord reader opens local
+files, so on a cluster mount the bucket (gcsfuse, as MaxText does) or copy the shards first.
 Everything after reading (dynamic masking, packing) is a numpy function of the examples and
 their (epoch, record index), so it resumes exactly too. Only grain's index order is used: batches
 are read, masked and packed a whole batch at a time in numpy (one parse call, one masking call),
@@ -41,7 +47,8 @@ started from the phase-1 checkpoint. Files written for another length are refuse
 with the file, the feature, the expected and the found length.
 
 Data config fields (`default_data_config()`; defaults are the BERT paper's values):
-  input_files              glob(s) of Google-format TFRecords, comma-separated; may hold {max_seq_length}
+  input_files              glob(s) of Google-format ArrayRecord or TFRecord files, comma-separated;
+                           may hold {max_seq_length}
   tfds_name                or a TFDS dataset by name (array_record), with the same features
   tfds_split, tfds_data_dir
   max_seq_length           128 (phase 1) or 512 (phase 2)
@@ -67,11 +74,8 @@ int32 (only with packing).
 
 from __future__ import annotations
 
-import glob
-import mmap
 import os
 import queue
-import struct
 import threading
 import weakref
 from typing import Any, Callable, Optional
@@ -79,7 +83,10 @@ from typing import Any, Callable, Optional
 import ml_collections
 import numpy as np
 
-from data_pipelines import masking, packing
+from etils import epath
+
+from data_pipelines import files as files_lib
+from data_pipelines import masking, packing, record_files, tfrecord_io
 
 STATE_VERSION = 1
 
@@ -149,75 +156,95 @@ FLOAT_FEATURES = ("masked_lm_weights",)
 
 
 def expand_input_files(pattern: str, max_seq_length: int) -> list[str]:
-    """Sorted files matching comma-separated globs; `{max_seq_length}` is filled in."""
-    files = []
-    for part in str(pattern).format(max_seq_length=max_seq_length).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        matched = sorted(glob.glob(part))
-        if not matched:
-            raise FileNotFoundError(f"input_files: no file matches {part!r}")
-        files += matched
-    return files
+    """Files matching comma-separated globs (local or gs://); `{max_seq_length}` is filled in."""
+    return files_lib.expand_paths(str(pattern).format(max_seq_length=max_seq_length), what="input_files")
 
 
-def masked_crc32c(data: bytes) -> int:
-    """TFRecord's checksum: crc32c, rotated right by 15 bits, plus 0xA282EAD8."""
-    import google_crc32c
+class _TFRecordReader:
+    """Raw records of TFRecord files by global index, from an offset index built by a header scan."""
 
-    crc = google_crc32c.value(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+    def __init__(self, paths: list[str]):
+        index = [tfrecord_io.record_offsets(p) for p in paths]
+        self.paths = paths
+        self._offsets = [o for o, _ in index]
+        self._sizes = [s for _, s in index]
+        self.counts = [len(o) for o in self._offsets]
+        self._files: dict[int, Any] = {}
+        self._lock = threading.Lock()
 
+    def _file(self, f: int):
+        with self._lock:
+            if f not in self._files:
+                self._files[f] = epath.Path(self.paths[f]).open("rb")
+            return self._files[f]
 
-def record_offsets(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """([n] data offsets, [n] data lengths) of the records of one TFRecord file.
+    def read(self, file_of: np.ndarray, record_of: np.ndarray) -> list[bytes]:
+        out = []
+        for f, k in zip(file_of.tolist(), record_of.tolist()):
+            handle = self._file(f)
+            with self._lock:  # seek + read on a shared handle
+                out.append(tfrecord_io.read_record_at(handle, int(self._offsets[f][k]), int(self._sizes[f][k]),
+                                                      f"{self.paths[f]}: record {k}"))
+        return out
 
-    A record is: uint64 length, uint32 masked crc32c of the length, data, uint32 masked crc32c
-    of the data. The length checksums are verified here, the data checksums at every read.
-    """
-    size = os.path.getsize(path)
-    offsets, lengths = [], []
-    if size == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        position = 0
-        header = struct.Struct("<QI").unpack_from
-        while position < size:
-            if position + 12 > size:
-                raise ValueError(f"{path}: truncated TFRecord header at byte {position} (file size {size})")
-            length, length_crc = header(data, position)
-            if masked_crc32c(data[position:position + 8]) != length_crc:
-                raise ValueError(f"{path}: record {len(offsets)} (byte {position}) has a corrupt length header "
-                                 "(crc mismatch): not a TFRecord file, or a damaged one")
-            if position + 16 + length > size:
-                raise ValueError(f"{path}: truncated TFRecord at byte {position}: the header announces {length} "
-                                 f"bytes, the file ends {size - position - 12} bytes later")
-            offsets.append(position + 12)
-            lengths.append(length)
-            position += 16 + length
-    return np.array(offsets, np.int64), np.array(lengths, np.int64)
+    def close(self):
+        with self._lock:
+            for handle in self._files.values():
+                handle.close()
+            self._files.clear()
 
 
-class TFRecordSource:
-    """Random access to the tf.train.Example records of Google-format TFRecord files."""
+class _ArrayRecordReader:
+    """Raw records of ArrayRecord files through grain's ArrayRecordDataSource: each file's own
+    index gives random access, so opening costs the same for 10^3 or 10^9 records."""
+
+    def __init__(self, paths: list[str]):
+        import grain
+
+        self.paths = paths
+        self._source = grain.sources.ArrayRecordDataSource([files_lib.local_copy(p) for p in paths])
+        self.counts = self._per_file_counts()
+
+    def _per_file_counts(self) -> list[int]:
+        from array_record.python.array_record_module import ArrayRecordReader
+
+        counts = []
+        for path in self.paths:
+            reader = ArrayRecordReader(files_lib.local_copy(path))
+            counts.append(reader.num_records())
+            reader.close()
+        return counts
+
+    def read(self, file_of: np.ndarray, record_of: np.ndarray) -> list[bytes]:
+        return self._source.__getitems__(self._global_indices(file_of, record_of))
+
+    def _global_indices(self, file_of, record_of) -> list[int]:
+        starts = np.concatenate([[0], np.cumsum(self.counts)])
+        return (starts[file_of] + record_of).tolist()
+
+    def close(self):
+        pass
+
+
+class ExampleFileSource:
+    """Random access to the tf.train.Example records of Google-format ArrayRecord or TFRecord files."""
 
     def __init__(self, files: list[str], max_seq_length: int, max_predictions_per_seq: int):
         import tensorflow as tf
 
         self._tf = tf
         self.files = list(files)
+        formats = {record_files.format_of(f) for f in self.files}
+        if len(formats) > 1:
+            raise ValueError(f"input_files mixes {' and '.join(sorted(formats))} files ({self.files[:3]}...); "
+                             "give one format")
+        self.format = formats.pop()
+        self._reader = (_ArrayRecordReader if self.format == "array_record" else _TFRecordReader)(self.files)
         self.lengths = feature_lengths(max_seq_length, max_predictions_per_seq)
-        index = [record_offsets(f) for f in self.files]
-        self._offsets = [o for o, _ in index]
-        self._sizes = [s for _, s in index]
-        counts = np.array([len(o) for o in self._offsets], np.int64)
-        self._starts = np.concatenate([[0], np.cumsum(counts)])
+        self._starts = np.concatenate([[0], np.cumsum(self._reader.counts)]).astype(np.int64)
         self.name = f"input_files {self.files[0]}" + (f" and {len(self.files) - 1} more" if len(self.files) > 1 else "")
         if self._starts[-1] == 0:
             raise ValueError(f"input_files: the {len(self.files)} file(s) hold no records: {self.files[:3]}")
-        self._fds: dict[int, int] = {}
-        self._fd_lock = threading.Lock()
         self._spec = {name: tf.io.FixedLenFeature([n], tf.float32 if name in FLOAT_FEATURES else tf.int64)
                       for name, (n, _) in self.lengths.items()}
         # Fail at start, not at step 10,000: check one record of every file (e.g. the phase's length).
@@ -233,30 +260,14 @@ class TFRecordSource:
         file_index = int(np.searchsorted(self._starts, index, side="right") - 1)
         return self.files[file_index], int(index - self._starts[file_index])
 
-    def _fd(self, file_index: int) -> int:
-        with self._fd_lock:
-            if file_index not in self._fds:
-                self._fds[file_index] = os.open(self.files[file_index], os.O_RDONLY)
-            return self._fds[file_index]
-
     def close(self):
-        with self._fd_lock:
-            for fd in self._fds.values():
-                os.close(fd)
-            self._fds.clear()
+        self._reader.close()
 
     def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         """Parsed features of the given records: [n, length] arrays (int32, weights float32)."""
+        indices = np.asarray(indices, np.int64)
         file_of = np.searchsorted(self._starts, indices, side="right") - 1
-        serialized = []
-        for i, f in zip(indices, file_of):
-            k = i - self._starts[f]
-            size = int(self._sizes[f][k])
-            raw = os.pread(self._fd(int(f)), size + 4, int(self._offsets[f][k]))
-            record = raw[:size]
-            if masked_crc32c(record) != struct.unpack("<I", raw[size:])[0]:
-                raise ValueError(f"{self.files[f]}: record {k} has corrupt data (crc mismatch)")
-            serialized.append(record)
+        serialized = self._reader.read(file_of, indices - self._starts[file_of])
         try:
             parsed = self._tf.io.parse_example(serialized, self._spec)
         except self._tf.errors.InvalidArgumentError as error:
@@ -566,7 +577,7 @@ def make_pretraining_iterator(data_config, global_batch_size: int, seed: int, pr
     config = resolve_data_config(data_config)
     if config.input_files:
         files = expand_input_files(config.input_files, config.max_seq_length)
-        source = TFRecordSource(files, config.max_seq_length, config.max_predictions_per_seq)
+        source = ExampleFileSource(files, config.max_seq_length, config.max_predictions_per_seq)
     else:
         source = TFDSSource(config.tfds_name, config.tfds_split, config.tfds_data_dir,
                             config.max_seq_length, config.max_predictions_per_seq)
@@ -629,45 +640,38 @@ class SyntheticBatchIterator:
 
 
 # ----------------------------------------------------------------------------- benchmark
-def _write_benchmark_records(directory: str, num_records: int, num_files: int, max_seq_length: int,
-                             max_predictions_per_seq: int, vocab_file: str, seed: int = 0) -> str:
-    """Google-format records of random tokens (lengths: 90% full, 10% short, as short_seq_prob)."""
-    import tensorflow as tf
-
+def write_benchmark_records(directory: str, num_records: int, num_files: int, max_seq_length: int,
+                            max_predictions_per_seq: int, vocab_file: str, output_format: str = "array_record",
+                            seed: int = 0) -> str:
+    """Google-format records of random tokens (lengths: 90% full, 10% short, as short_seq_prob); returns a glob."""
     vocab = masking.MaskingVocab.from_vocab_file(vocab_file)
-    rng = np.random.default_rng(seed)
-    lengths = np.where(rng.random(num_records) < 0.1, rng.integers(8, max_seq_length, num_records), max_seq_length)
-    ids = rng.integers(1000, vocab.vocab_size, (num_records, max_seq_length))
-    ids[np.arange(max_seq_length)[None, :] >= lengths[:, None]] = vocab.pad_id
     with open(vocab_file, encoding="utf-8") as f:
         token_ids = {line.rstrip("\r\n"): i for i, line in enumerate(f)}
-    cls_id, sep_id = token_ids["[CLS]"], token_ids["[SEP]"]
-    ids[:, 0] = cls_id
-    ids[np.arange(num_records), lengths // 2] = sep_id
-    ids[np.arange(num_records), lengths - 1] = sep_id
-    segments = (np.arange(max_seq_length)[None, :] > (lengths // 2)[:, None]) & (ids != vocab.pad_id)
-    masked = masking.mask_batch(ids, None, vocab, rng=rng, max_predictions_per_seq=max_predictions_per_seq)
-
-    def feature(values, floats=False):
-        if floats:
-            return tf.train.Feature(float_list=tf.train.FloatList(value=values))
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
-
-    pattern = os.path.join(directory, "bench-{:05d}.tfrecord")
+    extension = record_files.FORMATS[output_format]
+    chunk = 8192
     for f in range(num_files):
-        with tf.io.TFRecordWriter(pattern.format(f)) as writer:
-            for r in range(f, num_records, num_files):
-                example = tf.train.Example(features=tf.train.Features(feature={
-                    "input_ids": feature(masked["input_ids"][r].tolist()),
-                    "input_mask": feature((ids[r] != vocab.pad_id).astype(int).tolist()),
-                    "segment_ids": feature(segments[r].astype(int).tolist()),
-                    "masked_lm_positions": feature(masked["masked_lm_positions"][r].tolist()),
-                    "masked_lm_ids": feature(masked["masked_lm_ids"][r].tolist()),
-                    "masked_lm_weights": feature(masked["masked_lm_weights"][r].tolist(), floats=True),
-                    "next_sentence_labels": feature([int(r % 2)]),
-                }))
-                writer.write(example.SerializeToString())
-    return os.path.join(directory, "bench-*.tfrecord")
+        rows = range(f, num_records, num_files)
+        with record_files.ShardWriter(os.path.join(directory, f"bench-{f:05d}{extension}")) as writer:
+            for start in range(0, len(rows), chunk):
+                rng = np.random.default_rng([seed, f, start])
+                n = len(rows[start:start + chunk])
+                lengths = np.where(rng.random(n) < 0.1, rng.integers(8, max_seq_length, n), max_seq_length)
+                ids = rng.integers(1000, vocab.vocab_size, (n, max_seq_length))
+                ids[np.arange(max_seq_length)[None, :] >= lengths[:, None]] = vocab.pad_id
+                ids[:, 0] = token_ids["[CLS]"]
+                ids[np.arange(n), lengths // 2] = token_ids["[SEP]"]
+                ids[np.arange(n), lengths - 1] = token_ids["[SEP]"]
+                segments = (np.arange(max_seq_length)[None, :] > (lengths // 2)[:, None]) & (ids != vocab.pad_id)
+                masked = masking.mask_batch(ids, None, vocab, rng=rng, max_predictions_per_seq=max_predictions_per_seq)
+                features = {"input_ids": masked["input_ids"], "input_mask": (ids != vocab.pad_id).astype(np.int64),
+                            "segment_ids": segments.astype(np.int64),
+                            "masked_lm_positions": masked["masked_lm_positions"],
+                            "masked_lm_ids": masked["masked_lm_ids"],
+                            "masked_lm_weights": masked["masked_lm_weights"].astype(np.float32),
+                            "next_sentence_labels": (np.arange(n) % 2).reshape(n, 1)}
+                for record in tfrecord_io.encode_examples(features):
+                    writer.write(record)
+    return os.path.join(directory, f"bench-*{extension}")
 
 
 def main(argv=None) -> None:
@@ -678,7 +682,11 @@ def main(argv=None) -> None:
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--vocab_file", required=True)
-    parser.add_argument("--input_files", default="", help="Google-format TFRecords; default: write random ones")
+    parser.add_argument("--input_files", default="", help="Google-format record files; default: write random ones")
+    parser.add_argument("--format", default="array_record", choices=sorted(record_files.FORMATS),
+                        help="format of the random records written when --input_files is not given")
+    parser.add_argument("--startup_only", action="store_true",
+                        help="print only the time from opening the files to the first batch")
     parser.add_argument("--num_records", type=int, default=20000)
     parser.add_argument("--max_seq_length", type=int, default=128)
     parser.add_argument("--max_predictions_per_seq", type=int, default=20)
@@ -689,8 +697,21 @@ def main(argv=None) -> None:
     import tensorflow  # noqa: F401  (imported once here, so that "index" times the index alone)
 
     with tempfile.TemporaryDirectory() as tmp:
-        files = args.input_files or _write_benchmark_records(
-            tmp, args.num_records, 8, args.max_seq_length, args.max_predictions_per_seq, args.vocab_file)
+        files = args.input_files or write_benchmark_records(
+            tmp, args.num_records, 8, args.max_seq_length, args.max_predictions_per_seq, args.vocab_file,
+            args.format)
+        if args.startup_only:
+            config = default_data_config()
+            config.update(input_files=files, max_seq_length=args.max_seq_length,
+                          max_predictions_per_seq=args.max_predictions_per_seq, prefetch_batches=0)
+            start = time.perf_counter()
+            iterator = make_pretraining_iterator(config, args.batch_size, seed=0)
+            next(iterator)
+            seconds = time.perf_counter() - start
+            print(f"{files}: {iterator.num_examples} records, first batch of {args.batch_size} "
+                  f"{seconds:.3f} s after opening (TensorFlow already imported)")
+            iterator.close()
+            return
         variants = {
             "static masks": {},
             "dynamic masking": {"dynamic_masking": True},

@@ -29,16 +29,46 @@ next_sentence_labels 0:
   A sentence is added only when it fits; a lone sentence longer than the row is cut at its end.
   `short_seq_prob` applies per row here (set it to 0 for RoBERTa's setting).
 
-Randomness: one numpy Generator per work unit, seeded by (seed, dupe pass, unit index), so the
-output does not depend on how many processes run the units (the unit's scalar draws come from a
-Python `random.Random` seeded from that Generator; its masking from the Generator itself).
+Partitions (what lets the recipe run on a corpus of any size, on any number of machines).
+Google's script draws the random next sentence from the whole corpus, so every worker would
+need all of it in memory. Here documents are grouped into partitions and the recipe runs inside
+each one, drawing random next sentences from another document of the same partition, as
+NVIDIA's LDDL does:
+  * a document's key is (source number, document number in that source): the file's position
+    in the expanded --input_file list and the document's position in the file (or 0 and the
+    example index for a TFDS split);
+  * num_partitions = ceil(documents / docs_per_partition), and a document's partition is
+    blake2b(key) mod num_partitions. A hash of the key, not of the text or of a position in the
+    stream, so the rule needs no global order (each Beam worker computes it alone), spreads
+    neighbouring (same-topic) documents over partitions, and gives the same partitions however
+    many workers read the input;
+  * inside a partition documents are sorted by key, then shuffled by (seed, partition) (Google
+    shuffles all documents once before the dupe passes);
+  * the work unit (docs_per_unit documents of that order, one dupe pass) seeds its Generator
+    with (seed, dupe pass, unit, partition).
+With 10^4+ documents per partition a random document of the partition is as good a "random
+next" as one of the whole corpus; the NSP statistics (50% random next) are unchanged. For
+partition 0 the seeds equal those of the unpartitioned recipe ([seed, d, u] and [seed, 0x5EED]:
+numpy's SeedSequence pads its entropy with zeros), so a corpus smaller than one partition gives
+exactly the instances of running the recipe over the whole corpus.
+
+No shuffle at write time. Instances are written in the order they are made, one shard per
+(partition, dupe pass). The loader draws a fresh permutation of all records every epoch
+(grain's index shuffle, input_pipeline.py), so a write-time shuffle would cost a pass over all
+instances in one place and change nothing the trainer sees.
+
+Randomness: one numpy Generator per work unit, seeded as above, so the output does not depend
+on how many processes or machines run the units (the unit's scalar draws come from a Python
+`random.Random` seeded from that Generator; its masking from the Generator itself).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import math
 import random
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -122,51 +152,38 @@ class TokenizedCorpus:
     @classmethod
     def from_id_documents(cls, documents: Iterable[Sequence[Sequence[int]]]) -> "TokenizedCorpus":
         """From documents of tokenised sentences; empty sentences and documents are dropped (as Google)."""
-        pieces, sentence_lengths, doc_sizes = [], [], []
-        for doc in documents:
+        parts = []
+        for d, doc in enumerate(documents):
             kept = [np.asarray(s, np.int32) for s in doc if len(s)]
-            if not kept:
-                continue
-            pieces += kept
-            sentence_lengths += [len(s) for s in kept]
-            doc_sizes.append(len(kept))
-        return cls._build(pieces, sentence_lengths, doc_sizes)
+            if kept:
+                parts.append(TokenizedDocument((0, d), np.array([len(s) for s in kept], np.int32),
+                                               np.concatenate(kept)))
+        return cls.from_tokenized_documents(parts)
 
     @classmethod
     def from_documents(cls, documents: Iterable[list[str]], tokenizer,
-                       batch_sentences: int = 50_000) -> "TokenizedCorpus":
+                       batch_documents: int = 512) -> "TokenizedCorpus":
         """Tokenises documents of sentence strings, many sentences per call.
 
         Sentences without tokens and documents without sentences are dropped, as Google does.
         """
-        id_parts, length_parts, doc_sizes = [], [], []
-        pending_text: list[str] = []
-        pending_docs: list[int] = []
+        parts, batch = [], []
+        for d, doc in enumerate(documents):
+            batch.append(((0, d), doc))
+            if len(batch) >= batch_documents:
+                parts += tokenize_documents(batch, tokenizer)
+                batch = []
+        parts += tokenize_documents(batch, tokenizer)
+        return cls.from_tokenized_documents(parts)
 
-        def flush():
-            if not pending_text:
-                return
-            ids, lengths = tokenizer.encode_ids_flat(pending_text)
-            id_parts.append(ids)
-            # Count each document's non-empty sentences.
-            nonempty = np.add.reduceat(lengths > 0, np.cumsum([0] + pending_docs[:-1])) if pending_docs else []
-            sizes = np.where(np.asarray(pending_docs) > 0, nonempty, 0)
-            length_parts.append(lengths[lengths > 0])
-            doc_sizes.extend(int(n) for n in sizes if n > 0)
-            pending_text.clear()
-            pending_docs.clear()
-
-        for doc in documents:
-            if not doc:
-                continue
-            pending_text.extend(doc)
-            pending_docs.append(len(doc))
-            if len(pending_text) >= batch_sentences:
-                flush()
-        flush()
-        token_ids = np.concatenate(id_parts) if id_parts else np.zeros(0, np.int32)
-        sentence_lengths = np.concatenate(length_parts) if length_parts else np.zeros(0, np.int64)
-        return cls._from_lengths(token_ids.astype(np.int32), sentence_lengths, doc_sizes)
+    @classmethod
+    def from_tokenized_documents(cls, documents: Sequence["TokenizedDocument"]) -> "TokenizedCorpus":
+        """The documents in the order given (see `tokenize_documents`)."""
+        if not documents:
+            return cls(np.zeros(0, np.int32), np.zeros(1, np.int64), np.zeros(1, np.int64))
+        return cls._from_lengths(np.concatenate([d.token_ids for d in documents]),
+                                 np.concatenate([d.sentence_lengths for d in documents]),
+                                 [len(d.sentence_lengths) for d in documents])
 
     @classmethod
     def _from_lengths(cls, token_ids, sentence_lengths, doc_sizes) -> "TokenizedCorpus":
@@ -176,50 +193,58 @@ class TokenizedCorpus:
         np.cumsum(doc_sizes, out=document_starts[1:])
         return cls(token_ids, sentence_starts, document_starts)
 
-    @classmethod
-    def _build(cls, pieces, sentence_lengths, doc_sizes) -> "TokenizedCorpus":
-        token_ids = np.concatenate(pieces).astype(np.int32) if pieces else np.zeros(0, np.int32)
-        return cls._from_lengths(token_ids, sentence_lengths, doc_sizes)
-
-    @classmethod
-    def concatenate(cls, parts: Sequence["TokenizedCorpus"]) -> "TokenizedCorpus":
-        parts = [p for p in parts if p.num_documents]
-        if not parts:
-            return cls(np.zeros(0, np.int32), np.zeros(1, np.int64), np.zeros(1, np.int64))
-        token_base = np.cumsum([0] + [p.num_tokens for p in parts[:-1]])
-        sentence_base = np.cumsum([0] + [p.num_sentences for p in parts[:-1]])
-        return cls(
-            np.concatenate([p.token_ids for p in parts]),
-            np.concatenate([[0]] + [p.sentence_starts[1:] + b for p, b in zip(parts, token_base)]).astype(np.int64),
-            np.concatenate([[0]] + [p.document_starts[1:] + b for p, b in zip(parts, sentence_base)]).astype(np.int64),
-        )
 
 
-def tokenize_corpus(documents: Sequence[list[str]], tokenizer, num_workers: int = 1) -> TokenizedCorpus:
-    """`TokenizedCorpus.from_documents` split over forked worker processes (same result for any count).
+DocumentKey = tuple[int, int]  # (source number, document number in the source)
 
-    Contiguous slices of the documents go to the workers; their parts are concatenated in order.
+
+class TokenizedDocument(NamedTuple):
+    """One document after tokenisation: what travels between the steps of either executor."""
+
+    key: DocumentKey
+    sentence_lengths: np.ndarray  # [num_sentences] int32, all > 0
+    token_ids: np.ndarray  # [sum(sentence_lengths)] int32
+
+
+def tokenize_documents(documents: Sequence[tuple[DocumentKey, list[str]]], tokenizer) -> list[TokenizedDocument]:
+    """(key, sentences) pairs -> TokenizedDocuments, in one tokenizer call.
+
+    Sentences without tokens and documents without sentences are dropped, as Google does.
     """
-    documents = list(documents)
-    if num_workers <= 1 or len(documents) < 2:
-        return TokenizedCorpus.from_documents(documents, tokenizer)
-    num_slices = min(len(documents), 4 * num_workers)
-    bounds = np.linspace(0, len(documents), num_slices + 1).astype(int)
-    global _TOKENIZE_STATE
-    _TOKENIZE_STATE = (documents, tokenizer)
-    try:
-        parts = map_units(_tokenize_slice, list(zip(bounds[:-1], bounds[1:])), num_workers)
-    finally:
-        _TOKENIZE_STATE = None
-    return TokenizedCorpus.concatenate(parts)
+    texts = [s for _, sentences in documents for s in sentences]
+    if not texts:
+        return []
+    ids, lengths = tokenizer.encode_ids_flat(texts)
+    ids, lengths = np.asarray(ids, np.int32), np.asarray(lengths, np.int64)
+    starts = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=starts[1:])
+    out, i = [], 0
+    for key, sentences in documents:
+        n = len(sentences)
+        doc_lengths = lengths[i:i + n]
+        if doc_lengths.any():
+            out.append(TokenizedDocument((int(key[0]), int(key[1])), doc_lengths[doc_lengths > 0].astype(np.int32),
+                                         ids[starts[i]:starts[i + n]].copy()))
+        i += n
+    return out
 
 
-_TOKENIZE_STATE: Optional[tuple] = None  # set before forking; workers read it
+# ----------------------------------------------------------------------------- partitions
+def num_partitions(num_documents: int, docs_per_partition: int) -> int:
+    if docs_per_partition < 1:
+        raise ValueError(f"docs_per_partition must be >= 1, got {docs_per_partition}")
+    return max(1, math.ceil(num_documents / docs_per_partition))
 
 
-def _tokenize_slice(bounds) -> TokenizedCorpus:
-    documents, tokenizer = _TOKENIZE_STATE
-    return TokenizedCorpus.from_documents(documents[bounds[0]:bounds[1]], tokenizer)
+def partition_of(key: DocumentKey, partitions: int) -> int:
+    """The partition of a document: a stable hash of its key (see the module docstring)."""
+    digest = hashlib.blake2b(f"{key[0]}:{key[1]}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % partitions
+
+
+def partition_corpus(documents: Iterable[TokenizedDocument]) -> TokenizedCorpus:
+    """A partition's documents sorted by key: the same corpus whatever order they arrived in."""
+    return TokenizedCorpus.from_tokenized_documents(sorted(documents, key=lambda d: d.key))
 
 
 # ----------------------------------------------------------------------------- instances
@@ -448,64 +473,55 @@ def create_instances(corpus: TokenizedCorpus, documents: Sequence[int], config: 
         source_document=np.array([e[4] for e in entries], np.int32).reshape(n))
 
 
-def unit_rng(seed: int, dupe_pass: int, unit: int) -> np.random.Generator:
-    return np.random.default_rng([seed, dupe_pass, unit])
+def unit_rng(seed: int, dupe_pass: int, unit: int, partition: int = 0) -> np.random.Generator:
+    return np.random.default_rng([seed, dupe_pass, unit, partition])
 
 
-def document_order(num_documents: int, seed: int) -> np.ndarray:
-    """The shuffled document order (Google shuffles all_documents once before the dupe passes)."""
-    return np.random.default_rng([seed, 0x5EED]).permutation(num_documents)
+def document_order(num_documents: int, seed: int, partition: int = 0) -> np.ndarray:
+    """A partition's shuffled document order (Google shuffles all documents once before the dupe passes)."""
+    return np.random.default_rng([seed, 0x5EED, partition]).permutation(num_documents)
 
 
-def work_units(num_documents: int, seed: int, dupe_factor: int,
-               docs_per_unit: int = 64) -> list[tuple[int, int, np.ndarray]]:
-    """(dupe pass, unit index, documents) for every unit; fixed by the seed, not by worker count."""
-    order = document_order(num_documents, seed)
-    units = []
-    for p in range(dupe_factor):
-        for u, start in enumerate(range(0, num_documents, docs_per_unit)):
-            units.append((p, u, order[start:start + docs_per_unit]))
-    return units
+def partition_instances(corpus: TokenizedCorpus, partition: int, dupe_pass: int, config: InstanceConfig,
+                        masking_vocab, special_ids: dict[str, int], docs_per_unit: int = 64) -> Iterator[Instances]:
+    """One dupe pass over one partition, a work unit at a time (memory: one unit's rows).
+
+    Args:
+      corpus: the partition's documents (`partition_corpus`); random next sentences come from them.
+      partition, dupe_pass: which shard this is; with `config.random_seed` they fix the randomness.
+      masking_vocab: `tokenizer.masking_vocab()`; special_ids: {"cls", "sep", "pad"} ids.
+      docs_per_unit: documents per work unit (part of the recipe: it fixes the output).
+    """
+    if docs_per_unit < 1:
+        raise ValueError(f"docs_per_unit must be >= 1, got {docs_per_unit}")
+    if corpus.num_documents == 0:
+        return
+    if config.mode == "nsp" and corpus.num_documents < 2:
+        raise ValueError(f"partition {partition} holds {corpus.num_documents} document: NSP draws the random next "
+                         "sentence from another document of the same partition. Use a larger --docs_per_partition "
+                         "(or fewer, larger documents)")
+    order = document_order(corpus.num_documents, config.random_seed, partition)
+    corpus.starts_as_lists()
+    for unit, start in enumerate(range(0, corpus.num_documents, docs_per_unit)):
+        rng = unit_rng(config.random_seed, dupe_pass, unit, partition)
+        yield create_instances(corpus, order[start:start + docs_per_unit], config, rng, masking_vocab, special_ids)
+
+
+def special_ids_of(tokenizer) -> dict[str, int]:
+    return {"cls": tokenizer.cls_id, "sep": tokenizer.sep_id, "pad": tokenizer.pad_id}
 
 
 def create_all_instances(corpus: TokenizedCorpus, tokenizer, config: InstanceConfig,
-                         num_workers: int = 1, docs_per_unit: int = 64) -> Instances:
-    """Every instance of every dupe pass, in a shuffled order fixed by `config.random_seed`.
+                         docs_per_unit: int = 64) -> Instances:
+    """Every dupe pass of a corpus taken as one partition, in memory (for small corpora and tests).
 
-    Units of `docs_per_unit` documents run on `num_workers` forked processes (they share `corpus`
-    copy-on-write); the result is identical for any number of workers.
+    The same instances as `create_pretraining_data` writes for a corpus below --docs_per_partition,
+    in the order of its shards.
     """
     config.validate()
-    units = work_units(corpus.num_documents, config.random_seed, config.dupe_factor, docs_per_unit)
-    corpus.starts_as_lists()  # once, before the workers fork
-    global _WORKER_STATE
-    _WORKER_STATE = (corpus, config, tokenizer.masking_vocab(),
-                     {"cls": tokenizer.cls_id, "sep": tokenizer.sep_id, "pad": tokenizer.pad_id})
-    try:
-        parts = map_units(_run_unit, units, num_workers)
-    finally:
-        _WORKER_STATE = None
-    instances = Instances.concatenate(parts)
-    order = np.random.default_rng([config.random_seed, 0x54FF1E]).permutation(len(instances))
-    return instances.take(order)
-
-
-def map_units(fn, items: list, num_workers: int) -> list:
-    """`[fn(x) for x in items]`, on forked worker processes when num_workers > 1 (order kept)."""
-    if num_workers <= 1 or len(items) <= 1:
-        return [fn(x) for x in items]
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(min(num_workers, len(items))) as pool:
-        return pool.map(fn, items, chunksize=max(1, len(items) // (4 * num_workers)))
-
-
-_WORKER_STATE: Optional[tuple] = None  # set before forking; workers read it
-
-
-def _run_unit(unit) -> Instances:
-    dupe_pass, index, docs = unit
-    corpus, config, masking_vocab, special_ids = _WORKER_STATE
-    return create_instances(corpus, docs, config, unit_rng(config.random_seed, dupe_pass, index),
-                            masking_vocab, special_ids)
+    vocab, specials = tokenizer.masking_vocab(), special_ids_of(tokenizer)
+    parts = [instances for dupe_pass in range(config.dupe_factor)
+             for instances in partition_instances(corpus, 0, dupe_pass, config, vocab, specials, docs_per_unit)]
+    if not parts:
+        raise ValueError("the corpus holds no documents")
+    return Instances.concatenate(parts)

@@ -24,11 +24,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import os
 import re
 from typing import Iterable, Iterator, Optional
 
-from data_pipelines.tfrecord_io import expand_paths
+from etils import epath
+
+from data_pipelines.files import expand_paths
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def _clean_sentences(lines: Iterable[str], stats: InputStats, max_line_chars: in
 
 def _iter_file_lines(path: str, stats: InputStats) -> Iterator[str]:
     """Stripped lines of a file, decoded leniently."""
-    with open(path, "rb") as f:
+    with epath.Path(path).open("rb") as f:
         for raw in f:
             stats.lines += 1
             yield _decode(raw, stats).strip()
@@ -137,30 +138,144 @@ def _iter_blocks(path: str, stats: InputStats) -> Iterator[list[str]]:
         yield block
 
 
-def _read(files, splitter, stats, max_line_chars) -> Iterator[list[str]]:
-    paths = expand_paths(files)
-    had_text = False
-    for path in paths:
+INPUT_FORMATS = ("google", "paragraphs", "tfds")
+
+
+def block_sentences(block: list[str], input_format: str, stats: InputStats,
+                    max_line_chars: int = MAX_LINE_CHARS) -> list[str]:
+    """A document's sentences from its raw lines (a file block or a TFDS text's lines), counted in stats.
+
+    "google": a line is a sentence; "paragraphs" and "tfds": a line is a paragraph, split into
+    sentences. Over-long sentences are split at whitespace; an empty result is counted as skipped.
+    """
+    if input_format == "google":
+        sentences = block
+    else:
+        sentences = [s for paragraph in block if paragraph for s in split_sentences(paragraph)]
+    sentences = _clean_sentences(sentences, stats, max_line_chars)
+    if sentences:
+        stats.documents += 1
+        stats.sentences += len(sentences)
+    else:
+        stats.empty_documents_skipped += 1
+    return sentences
+
+
+@dataclasses.dataclass(frozen=True)
+class FileSource:
+    """One text file of the input: document d of source number n has the key (n, d)."""
+
+    number: int
+    path: str
+
+    @property
+    def name(self) -> str:
+        return self.path
+
+    def check_readable(self) -> None:
+        """Fails now, naming the file, if it cannot be read (a directory, no permission, ...)."""
+        try:
+            with epath.Path(self.path).open("rb") as f:
+                f.read(1)
+        except (OSError, IsADirectoryError) as error:
+            raise OSError(f"input file {self.path} cannot be read: {error}") from None
+
+    def count_documents(self) -> int:
+        """Blocks of the file, counted without splitting sentences (fixes the number of partitions)."""
+        return sum(1 for _ in _iter_blocks(self.path, InputStats()))
+
+    def blocks(self, stats: InputStats) -> Iterator[tuple[tuple[int, int], list[str]]]:
+        """(key, raw lines) of every document of the file, in order."""
         stats.files += 1
-        if os.path.getsize(path) == 0:
-            stats.empty_files.append(path)
-            continue
-        file_docs = 0
-        for block in _iter_blocks(path, stats):
-            sentences = _clean_sentences(splitter(block), stats, max_line_chars)
-            if not sentences:
-                stats.empty_documents_skipped += 1
-                continue
-            stats.documents += 1
-            stats.sentences += len(sentences)
-            file_docs += 1
-            had_text = True
-            yield sentences
-        if file_docs == 0 and path not in stats.empty_files:
-            stats.empty_files.append(path)
-    stats.warn(source=",".join(paths[:3]) + (" ..." if len(paths) > 3 else ""))
+        found = False
+        for d, block in enumerate(_iter_blocks(self.path, stats)):
+            found = True
+            yield (self.number, d), block
+        if not found:
+            stats.empty_files.append(self.path)
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsSource:
+    """Examples [start, stop) of a TFDS text split; example i has the key (0, i)."""
+
+    name_: str
+    split: str
+    text_feature: str
+    data_dir: Optional[str]
+    start: int = 0
+    stop: Optional[int] = None  # None: to the end (a split whose size the builder does not record)
+
+    @property
+    def name(self) -> str:
+        return f"tfds:{self.name_}[{self.split}][{self.start}:{'' if self.stop is None else self.stop}]"
+
+    def _split(self) -> str:
+        return self.split if (self.start, self.stop) == (0, None) else f"{self.split}[{self.start}:{self.stop}]"
+
+    def check_readable(self) -> None:
+        pass  # checked by tfds_sources, which opened the builder
+
+    def count_documents(self) -> int:
+        if self.stop is not None:
+            return self.stop - self.start
+        return sum(1 for _ in self.blocks(InputStats()))
+
+    def blocks(self, stats: InputStats) -> Iterator[tuple[tuple[int, int], list[str]]]:
+        import tensorflow_datasets as tfds
+
+        builder = tfds.builder(self.name_, data_dir=self.data_dir)
+        ds = builder.as_dataset(split=self._split(), shuffle_files=False)
+        stats.files += 1
+        for i, example in enumerate(tfds.as_numpy(ds), start=self.start):
+            value = example[self.text_feature]
+            text = _decode(value, stats) if isinstance(value, bytes) else str(value)
+            lines = [line.strip() for line in text.split("\n")]
+            stats.lines += len(lines)
+            yield (0, i), [line for line in lines if line]
+
+
+def tfds_sources(name: str, split: str = "train", text_feature: str = "text", data_dir: Optional[str] = None,
+                 examples_per_source: int = 10_000) -> list[TfdsSource]:
+    """A TFDS text split (e.g. "wikipedia/20230601.en") as slices that workers read independently."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(name, data_dir=data_dir)
+    if text_feature not in builder.info.features:
+        raise ValueError(f"TFDS dataset {name!r} has no feature {text_feature!r}; it has "
+                         f"{sorted(builder.info.features)}")
+    splits = builder.info.splits
+    total = splits[split].num_examples if split in splits else 0
+    if not total:  # no recorded size (a builder prepared without metadata): one source for the split
+        return [TfdsSource(name, split, text_feature, data_dir)]
+    return [TfdsSource(name, split, text_feature, data_dir, a, min(a + examples_per_source, total))
+            for a in range(0, total, examples_per_source)]
+
+
+def file_sources(files: str | Iterable[str]) -> list[FileSource]:
+    """The expanded --input_file globs, numbered in order."""
+    return [FileSource(n, path) for n, path in enumerate(expand_paths(files, what="input_file"))]
+
+
+def iter_documents(sources, input_format: str, stats: InputStats,
+                   max_line_chars: int = MAX_LINE_CHARS) -> Iterator[tuple[tuple[int, int], list[str]]]:
+    """(key, sentences) of every non-empty document of the sources, in order, on one process."""
+    for source in sources:
+        for key, block in source.blocks(stats):
+            sentences = block_sentences(block, input_format, stats, max_line_chars)
+            if sentences:
+                yield key, sentences
+
+
+def _read(sources, input_format, stats, max_line_chars) -> Iterator[list[str]]:
+    had_text = False
+    for _, sentences in iter_documents(sources, input_format, stats, max_line_chars):
+        had_text = True
+        yield sentences
+    names = [s.name for s in sources]
+    stats.warn(source=",".join(names[:3]) + (" ..." if len(names) > 3 else ""))
     if not had_text:
-        raise ValueError(f"no text in the input file(s) {paths}: every file is empty or blank")
+        raise ValueError(f"no text in the input file(s) {names}: every file is empty or blank")
 
 
 def read_google_documents(files: str | Iterable[str], stats: Optional[InputStats] = None,
@@ -172,16 +287,13 @@ def read_google_documents(files: str | Iterable[str], stats: Optional[InputStats
       stats: filled with counts (a fresh one is used when None).
       max_line_chars: longer lines are split at whitespace and counted.
     """
-    return _read(files, lambda block: block, stats if stats is not None else InputStats(), max_line_chars)
+    return _read(file_sources(files), "google", stats if stats is not None else InputStats(), max_line_chars)
 
 
 def read_paragraph_documents(files: str | Iterable[str], stats: Optional[InputStats] = None,
                              max_line_chars: int = MAX_LINE_CHARS) -> Iterator[list[str]]:
     """Documents of raw text: blank line between documents, one paragraph per line, split into sentences."""
-    def splitter(block):
-        return [s for paragraph in block for s in split_sentences(paragraph)]
-
-    return _read(files, splitter, stats if stats is not None else InputStats(), max_line_chars)
+    return _read(file_sources(files), "paragraphs", stats if stats is not None else InputStats(), max_line_chars)
 
 
 @functools.lru_cache(maxsize=1)
@@ -206,41 +318,13 @@ def split_sentences(paragraph: str) -> list[str]:
 
 def read_tfds_documents(name: str, split: str = "train", text_feature: str = "text",
                         data_dir: Optional[str] = None, stats: Optional[InputStats] = None,
-                        max_line_chars: int = MAX_LINE_CHARS, shard_index: int = 0,
-                        num_shards: int = 1) -> Iterator[list[str]]:
+                        max_line_chars: int = MAX_LINE_CHARS) -> Iterator[list[str]]:
     """Documents of a TFDS text dataset (e.g. "wikipedia/20230601.en", feature "text").
 
     Each example is a document; its non-blank lines are paragraphs, split into sentences.
-    `shard_index`/`num_shards` read every num_shards-th example (one share per worker/host).
     """
-    import tensorflow_datasets as tfds
-
-    stats = stats if stats is not None else InputStats()
-    builder = tfds.builder(name, data_dir=data_dir)
-    features = builder.info.features
-    if text_feature not in features:
-        raise ValueError(f"TFDS dataset {name!r} has no feature {text_feature!r}; it has {sorted(features)}")
-    ds = builder.as_dataset(split=split, shuffle_files=False)
-    if num_shards > 1:
-        ds = ds.shard(num_shards, shard_index)
-    had_text = False
-    for example in tfds.as_numpy(ds):
-        value = example[text_feature]
-        text = _decode(value, stats) if isinstance(value, bytes) else str(value)
-        lines = [line.strip() for line in text.split("\n")]
-        stats.lines += len(lines)
-        sentences = [s for line in lines if line for s in split_sentences(line)]
-        sentences = _clean_sentences(sentences, stats, max_line_chars)
-        if not sentences:
-            stats.empty_documents_skipped += 1
-            continue
-        stats.documents += 1
-        stats.sentences += len(sentences)
-        had_text = True
-        yield sentences
-    stats.warn(source=f"tfds:{name}[{split}]")
-    if not had_text:
-        raise ValueError(f"TFDS dataset {name!r} split {split!r} holds no text in feature {text_feature!r}")
+    return _read(tfds_sources(name, split, text_feature, data_dir), "tfds",
+                 stats if stats is not None else InputStats(), max_line_chars)
 
 
 def read_documents(source: str | Iterable[str], input_format: str = "google", **kwargs) -> Iterator[list[str]]:

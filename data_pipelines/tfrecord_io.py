@@ -4,7 +4,8 @@ Importing TensorFlow costs seconds per process, which would dominate the instanc
 command. The two formats are small and stable, so they are implemented here:
 
 * TFRecord framing: `uint64 length | uint32 masked_crc32c(length) | data | uint32 masked_crc32c(data)`
-  (little endian; crc32c from `google-crc32c`).
+  (little endian; crc32c from `google-crc32c`). This is the one implementation of it: the writer,
+  the sequential reader and the offset index that the input pipeline's random access uses.
 * `tf.train.Example` / `Features` / `Feature` messages: declared below from the field numbers of
   tensorflow/core/example/{example,feature}.proto in a private protobuf descriptor pool (so it
   never clashes with TensorFlow's own registration), then parsed/serialised by protobuf's C
@@ -20,12 +21,14 @@ masked_lm_ids, next_sentence_labels`, float `masked_lm_weights`.
 from __future__ import annotations
 
 import functools
-import glob
 import os
 import struct
 from typing import Iterable, Iterator, Mapping, Optional
 
 import numpy as np
+from etils import epath
+
+from data_pipelines.files import expand_paths
 
 PRETRAINING_INT_FEATURES = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions",
                             "masked_lm_ids", "next_sentence_labels")
@@ -191,24 +194,32 @@ def decode_example(data: bytes, int_dtype=np.int64) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- TFRecord framing
-def _masked_crc(data: bytes) -> int:
+_HEADER = struct.Struct("<QI")  # data length, masked crc32c of those 8 bytes
+
+
+def masked_crc32c(data: bytes) -> int:
+    """TFRecord's checksum: crc32c, rotated right by 15 bits, plus 0xA282EAD8."""
     import google_crc32c
 
     crc = google_crc32c.value(data)
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
+def frame_record(record: bytes) -> bytes:
+    """One record as it lies in a TFRecord file."""
+    header = struct.pack("<Q", len(record))
+    return header + struct.pack("<I", masked_crc32c(header)) + record + struct.pack("<I", masked_crc32c(record))
+
+
 class TFRecordWriter:
-    """Appends records to a TFRecord file (uncompressed)."""
+    """Appends records to a TFRecord file (uncompressed); any epath path (local, gs://, ...)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
-        self._file = open(self.path, "wb")
+        self._file = epath.Path(self.path).open("wb")
 
     def write(self, record: bytes) -> None:
-        header = struct.pack("<Q", len(record))
-        self._file.write(header + struct.pack("<I", _masked_crc(header)) + record
-                         + struct.pack("<I", _masked_crc(record)))
+        self._file.write(frame_record(record))
 
     def close(self) -> None:
         self._file.close()
@@ -223,7 +234,7 @@ class TFRecordWriter:
 def iter_tfrecord(path: str | os.PathLike, verify: bool = True) -> Iterator[bytes]:
     """The records of one uncompressed TFRecord file; a corrupt or cut file is an error naming it."""
     path = os.fspath(path)
-    with open(path, "rb") as f:
+    with epath.Path(path).open("rb") as f:
         index = 0
         while True:
             header = f.read(12)
@@ -231,49 +242,67 @@ def iter_tfrecord(path: str | os.PathLike, verify: bool = True) -> Iterator[byte
                 return
             if len(header) < 12:
                 raise ValueError(f"{path}: record {index} is cut short (header of {len(header)} bytes, expected 12)")
-            (length,) = struct.unpack("<Q", header[:8])
-            if verify and struct.unpack("<I", header[8:])[0] != _masked_crc(header[:8]):
+            length, length_crc = _HEADER.unpack(header)
+            if verify and length_crc != masked_crc32c(header[:8]):
                 raise ValueError(f"{path}: record {index} has a corrupt length header (crc mismatch)")
             data = f.read(length)
             footer = f.read(4)
             if len(data) < length or len(footer) < 4:
                 raise ValueError(f"{path}: record {index} is cut short (expected {length} bytes of data)")
-            if verify and struct.unpack("<I", footer)[0] != _masked_crc(data):
+            if verify and struct.unpack("<I", footer)[0] != masked_crc32c(data):
                 raise ValueError(f"{path}: record {index} has corrupt data (crc mismatch)")
             yield data
             index += 1
 
 
-def expand_paths(patterns: str | Iterable[str]) -> list[str]:
-    """Comma-separated globs (Google's --input_file style) or a list of them -> sorted file list."""
-    if isinstance(patterns, (str, os.PathLike)):
-        patterns = str(patterns).split(",")
-    files = []
-    for pattern in patterns:
-        pattern = os.fspath(pattern).strip()
-        if not pattern:
-            continue
-        matches = sorted(glob.glob(pattern))
-        if not matches:
-            raise FileNotFoundError(f"no file matches {pattern!r}")
-        files += matches
-    return files
+def record_offsets(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """([n] data offsets, [n] data lengths) of the records of one TFRecord file.
+
+    A scan of the 12-byte headers (no parsing); the length checksums are verified here, the
+    data checksums at every read. This is the start-up cost that ArrayRecord files avoid.
+    """
+    offsets, lengths = [], []
+    with epath.Path(path).open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        position = 0
+        while position < size:
+            if position + 12 > size:
+                raise ValueError(f"{path}: truncated TFRecord header at byte {position} (file size {size})")
+            f.seek(position)
+            header = f.read(12)
+            length, length_crc = _HEADER.unpack(header)
+            if masked_crc32c(header[:8]) != length_crc:
+                raise ValueError(f"{path}: record {len(offsets)} (byte {position}) has a corrupt length header "
+                                 "(crc mismatch): not a TFRecord file, or a damaged one")
+            if position + 16 + length > size:
+                raise ValueError(f"{path}: truncated TFRecord at byte {position}: the header announces {length} "
+                                 f"bytes, the file ends {size - position - 12} bytes later")
+            offsets.append(position + 12)
+            lengths.append(length)
+            position += 16 + length
+    return np.array(offsets, np.int64), np.array(lengths, np.int64)
 
 
-def read_examples(patterns: str | Iterable[str], int_dtype=np.int64) -> Iterator[dict[str, np.ndarray]]:
-    """Every Example of the matching TFRecord files, in file order, as dicts of numpy arrays."""
-    for path in expand_paths(patterns):
-        for record in iter_tfrecord(path):
-            yield decode_example(record, int_dtype=int_dtype)
+def read_record_at(file, offset: int, length: int, where: str) -> bytes:
+    """The data of one record whose offset and length came from `record_offsets`, checksum verified."""
+    file.seek(offset)
+    raw = file.read(length + 4)
+    record = raw[:length]
+    if len(raw) < length + 4 or masked_crc32c(record) != struct.unpack("<I", raw[length:])[0]:
+        raise ValueError(f"{where} has corrupt data (crc mismatch)")
+    return record
 
 
 def read_pretraining_arrays(patterns: str | Iterable[str], limit: Optional[int] = None) -> dict[str, np.ndarray]:
-    """Google-format pretraining files stacked into [num_examples, ...] arrays (int32 / float32)."""
+    """Google-format pretraining files (TFRecord or ArrayRecord) stacked into [n, ...] arrays (int32 / float32)."""
+    from data_pipelines import record_files
+
     rows = []
-    for i, example in enumerate(read_examples(patterns, int_dtype=np.int32)):
-        if limit is not None and i >= limit:
-            break
-        rows.append(example)
+    for path in expand_paths(patterns):
+        for record in record_files.iter_records(path):
+            if limit is not None and len(rows) >= limit:
+                break
+            rows.append(decode_example(record, int_dtype=np.int32))
     if not rows:
         raise ValueError(f"no examples in {patterns!r}")
     missing = [k for k in PRETRAINING_FEATURES if k not in rows[0]]

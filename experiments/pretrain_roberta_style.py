@@ -3,7 +3,7 @@
     python -m data_pipelines.create_pretraining_data --input_file 'corpus/*.txt' --output_dir data/full_512 \
         --vocab_file vocab.txt --max_seq_length 512 --mode full_sentences --no_masking
     python -m bert_jax.main --config experiments/pretrain_roberta_style.py:base --workdir DIR \
-        --config.data.input_files='data/full_512/*.tfrecord' --config.data.vocab_file=vocab.txt
+        --config.data.input_files='data/full_512/*.array_record' --config.data.vocab_file=vocab.txt
 
 arg: a model preset (tiny ... large). The inputs are contiguous sentences packed across
 document boundaries up to 512 tokens (FULL-SENTENCES, made at creation time with

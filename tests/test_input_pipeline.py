@@ -1,7 +1,7 @@
 """The pretraining input pipeline: determinism, exact resume, sharding, packing, bad input.
 
 Fixtures are Google-format TFRecords written here with tf.train.Example (the layout of
-google-research/bert's create_pretraining_data.py). Record r holds the id 10 + r at position 1,
+google-research/bert's create_pretraining_data.py), and the same records in ArrayRecord files. Record r holds the id 10 + r at position 1,
 so every row of a batch says which record it came from.
 """
 
@@ -70,15 +70,20 @@ def _serialize(example, drop=None, override=None):
     return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
 
 
-def _write(directory, examples, num_files=3, name="part"):
+def _write(directory, examples, num_files=3, name="part", fmt="tfrecord"):
+    """TFRecord through TensorFlow's own writer (as Google's script), or ArrayRecord through array_record's."""
     import tensorflow as tf
+    from array_record.python.array_record_module import ArrayRecordWriter
+
     directory.mkdir(parents=True, exist_ok=True)
     per_file = -(-len(examples) // num_files)
     for f in range(num_files):
-        with tf.io.TFRecordWriter(str(directory / f"{name}-{f:05d}.tfrecord")) as writer:
-            for example in examples[f * per_file:(f + 1) * per_file]:
-                writer.write(_serialize(example))
-    return str(directory / f"{name}-*.tfrecord")
+        path = str(directory / f"{name}-{f:05d}.{fmt}")
+        writer = tf.io.TFRecordWriter(path) if fmt == "tfrecord" else ArrayRecordWriter(path, "group_size:1")
+        for example in examples[f * per_file:(f + 1) * per_file]:
+            writer.write(_serialize(example))
+        writer.close()
+    return str(directory / f"{name}-*.{fmt}")
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +96,19 @@ def data(tmp_path_factory):
     return {"examples": examples, "files": _write(root / "full", examples),
             "short_examples": short, "short_files": _write(root / "short", short, num_files=2),
             "vocab": str(vocab), "root": root}
+
+
+@pytest.fixture(scope="module")
+def array_record_data(data):
+    """The same records as `data`, in ArrayRecord files (create_pretraining_data's default format)."""
+    root = data["root"] / "array_record"
+    return {**data, "files": _write(root / "full", data["examples"], fmt="array_record"),
+            "short_files": _write(root / "short", data["short_examples"], num_files=2, fmt="array_record")}
+
+
+@pytest.fixture(params=["tfrecord", "array_record"])
+def any_format_data(request):
+    return request.getfixturevalue("data" if request.param == "tfrecord" else "array_record_data")
 
 
 def _config(data, **overrides):
@@ -138,7 +156,8 @@ def _records(batch):
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_same_seed_same_bytes(data, variant):
+def test_same_seed_same_bytes(any_format_data, variant):
+    data = any_format_data
     config = _variant_config(data, variant)
     first = _take(make_pretraining_iterator(config, 8, seed=3), 15)
     second = _take(make_pretraining_iterator(config, 8, seed=3), 15)
@@ -147,7 +166,8 @@ def test_same_seed_same_bytes(data, variant):
     assert any(a["input_ids"].tobytes() != b["input_ids"].tobytes() for a, b in zip(first, other))
 
 
-def test_every_epoch_is_a_new_permutation_of_all_records(data):
+def test_every_epoch_is_a_new_permutation_of_all_records(any_format_data):
+    data = any_format_data
     # 90 records, batches of 6: 15 batches per epoch.
     batches = _take(make_pretraining_iterator(_config(data), 6, seed=0), 45)
     epochs = [sum((_records(b) for b in batches[e * 15:(e + 1) * 15]), []) for e in range(3)]
@@ -170,7 +190,8 @@ def test_every_epoch_is_a_new_permutation_of_all_records(data):
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 @pytest.mark.parametrize("prefetch", [0, 3])
 @pytest.mark.parametrize("k", [4, 13])  # mid-epoch; and with the next batches crossing into epoch 2
-def test_exact_resume(data, variant, prefetch, k):
+def test_exact_resume(any_format_data, variant, prefetch, k):
+    data = any_format_data
     config = _variant_config(data, variant, prefetch_batches=prefetch)
     uninterrupted = _take(make_pretraining_iterator(config, 6, seed=11), k + 6)
     interrupted = make_pretraining_iterator(config, 6, seed=11)
@@ -185,6 +206,20 @@ def test_exact_resume(data, variant, prefetch, k):
     resumed.set_state(state)
     _assert_same(_take(resumed, 3), uninterrupted[k:k + 3])
     resumed.close()
+
+
+def test_array_record_and_tfrecord_give_the_same_batches_and_array_record_needs_no_scan(
+        data, array_record_data, monkeypatch):
+    tfrecord = _take(make_pretraining_iterator(_config(data), 6, seed=7), 20)
+
+    def no_scan(path):
+        raise AssertionError(f"ArrayRecord input must not be scanned record by record ({path})")
+
+    monkeypatch.setattr(input_pipeline.tfrecord_io, "record_offsets", no_scan)
+    _assert_same(_take(make_pretraining_iterator(_config(array_record_data), 6, seed=7), 20), tfrecord)
+    mixed = data["files"] + "," + array_record_data["files"]
+    with pytest.raises(ValueError, match="mixes array_record and tfrecord files"):
+        make_pretraining_iterator(_config(data, input_files=mixed), 6, seed=0)
 
 
 def test_resume_across_the_epoch_boundary_reports_the_epoch(data):
@@ -220,7 +255,8 @@ def _records_of_unmasked(batch):
 
 
 @pytest.mark.parametrize("variant", ["static", "dynamic"])
-def test_processes_read_disjoint_shards_whose_union_is_the_global_batch(data, variant):
+def test_processes_read_disjoint_shards_whose_union_is_the_global_batch(any_format_data, variant):
+    data = any_format_data
     config = _variant_config(data, variant)
     single = _take(make_pretraining_iterator(config, 8, seed=5), 20)
     shards = [_take(make_pretraining_iterator(config, 8, seed=5, process_index=p, process_count=2), 20)
@@ -436,10 +472,10 @@ def corpus_files(shared_data, tmp_path_factory):
     (root / "input.txt").write_text(text[:text.rindex("\n\n")] + "\n", encoding="utf-8")
     vocab = str(shared_data / "vocab" / "bert-base-uncased-vocab.txt")
     common = ["--input_file", str(root / "input.txt"), "--vocab_file", vocab, "--dupe_factor", "1",
-              "--num_shards", "2", "--num_workers", "1", "--max_predictions_per_seq", "40"]
+              "--num_workers", "1", "--max_predictions_per_seq", "40"]
     create_pretraining_data.main(common + ["--output_dir", str(root / "static")])
     create_pretraining_data.main(common + ["--output_dir", str(root / "unmasked"), "--no_masking"])
-    return {"static": str(root / "static" / "*.tfrecord"), "unmasked": str(root / "unmasked" / "*.tfrecord"),
+    return {"static": str(root / "static" / "*.array_record"), "unmasked": str(root / "unmasked" / "*.array_record"),
             "vocab": vocab}
 
 
@@ -490,7 +526,7 @@ def test_dynamic_masking_statistics_on_corpus_instances(corpus_files, rate, coun
 def test_unmasked_files_need_dynamic_masking(corpus_files):
     config = _config({"files": corpus_files["unmasked"], "vocab": corpus_files["vocab"]}, max_seq_length=128,
                      max_predictions_per_seq=40)
-    with pytest.raises(ValueError, match=r"part-00000-of-00002.tfrecord and 1 more: .*no masked positions.*"
+    with pytest.raises(ValueError, match=r"part-00000-of-00001.array_record: .*no masked positions.*"
                                          r"dynamic_masking=True"):
         make_pretraining_iterator(config, 8, seed=0)
 

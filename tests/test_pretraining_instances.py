@@ -15,8 +15,8 @@ import pytest
 
 from data_pipelines import pretraining_instances as pi
 from data_pipelines.text_input import read_google_documents
-from data_pipelines.tfrecord_io import (PRETRAINING_FEATURES, TFRecordWriter, encode_example, encode_examples,
-                                        read_examples, read_pretraining_arrays)
+from data_pipelines.tfrecord_io import (PRETRAINING_FEATURES, TFRecordWriter, decode_example, encode_examples,
+                                        iter_tfrecord, read_pretraining_arrays)
 from data_pipelines.tokenization import load_tokenizer
 
 UNCASED = "vocab/bert-base-uncased-vocab.txt"
@@ -252,8 +252,8 @@ def test_bad_config_is_a_clear_error():
 
 # ----------------------------------------------------------------------------- files
 def test_cli_output_is_deterministic_and_readable_by_tensorflow(shared_data, tmp_path):
-    common = ["--input_file", f"{shared_data}/corpus/lee_news.txt",
-              "--vocab_file", str(shared_data / UNCASED), "--dupe_factor", "2", "--num_shards", "3",
+    common = ["--input_file", f"{shared_data}/corpus/lee_news.txt", "--output_format", "tfrecord",
+              "--vocab_file", str(shared_data / UNCASED), "--dupe_factor", "3", "--docs_per_partition", "200",
               "--max_seq_length", "64", "--max_predictions_per_seq", "10"]
     # In a subprocess: its workers fork, and forking the pytest process (JAX threads running) can deadlock.
     def run_cli(out_dir, workers):
@@ -264,7 +264,8 @@ def test_cli_output_is_deterministic_and_readable_by_tensorflow(shared_data, tmp
     one = run_cli(tmp_path / "one", 1)
     two = run_cli(tmp_path / "two", 2)
     paths = sorted((tmp_path / "one").glob("*.tfrecord"))
-    assert len(paths) == 3 and one["instances"] == two["instances"] > 1000
+    # 348 documents, 200 per partition -> 2 partitions x 3 dupe passes.
+    assert len(paths) == 6 and one["instances"] == two["instances"] > 1000
     for p in paths:
         assert hashlib.sha256(p.read_bytes()).digest() == hashlib.sha256((tmp_path / "two" / p.name).read_bytes()).digest()
     ours = read_pretraining_arrays(str(tmp_path / "one" / "*.tfrecord"))
@@ -296,24 +297,32 @@ def test_cli_output_is_deterministic_and_readable_by_tensorflow(shared_data, tmp
         np.testing.assert_array_equal(back[name], ours[name][:3])
 
 
-def test_example_encoding_matches_protobuf_and_detects_corruption(tmp_path):
+def test_example_encoding_matches_tensorflows_and_detects_corruption(tmp_path):
+    """Our vectorised Example encoder against TensorFlow's own protobuf serialisation, byte for byte."""
+    tf = pytest.importorskip("tensorflow")
     rng = np.random.default_rng(0)
     features = {"input_ids": rng.integers(0, 2 ** 40, (50, 16)), "masked_lm_weights": rng.random((50, 4)).astype(np.float32),
                 "next_sentence_labels": rng.integers(-3, 2, (50, 1)), "empty": np.zeros((50, 0), np.int64)}
     batch = encode_examples(features)
     for i in range(50):
-        assert batch[i] == encode_example({k: v[i] for k, v in features.items()})
+        feature = {name: (tf.train.Feature(float_list=tf.train.FloatList(value=v[i].tolist())) if v.dtype == np.float32
+                          else tf.train.Feature(int64_list=tf.train.Int64List(value=v[i].tolist())))
+                   for name, v in features.items()}
+        reference = tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
+        assert batch[i] == reference, i
     path = tmp_path / "x.tfrecord"
     with TFRecordWriter(path) as w:
         for b in batch:
             w.write(b)
-    back = list(read_examples(str(path)))
+    # TensorFlow reads our framing; we read it back too.
+    assert [r.numpy() for r in tf.data.TFRecordDataset(str(path))] == batch
+    back = [decode_example(r) for r in iter_tfrecord(str(path))]
     np.testing.assert_array_equal(np.stack([b["input_ids"] for b in back]), features["input_ids"])
     data = bytearray(path.read_bytes())
     data[40] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="corrupt"):
-        list(read_examples(str(path)))
+        list(iter_tfrecord(str(path)))
     path.write_bytes(bytes(data[:30]))
     with pytest.raises(ValueError, match="cut short|corrupt"):
-        list(read_examples(str(path)))
+        list(iter_tfrecord(str(path)))

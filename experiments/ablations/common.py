@@ -37,7 +37,6 @@ def create_instances(*extra_args: str) -> list[str]:
         "--vocab_file", VOCAB,
         "--max_seq_length", "128",
         "--dupe_factor", "1",
-        "--num_shards", "4",
         *extra_args,
     ]
 
@@ -48,7 +47,7 @@ def sweep(variants: dict, *, prepare: dict | None = None, common: dict | None = 
         "prepare": prepare if prepare is not None else {"instances": create_instances()},
         "pretrain": f"experiments/pretrain.py:{preset}",
         "common": {
-            "data.input_files": "{data}/instances/*.tfrecord",
+            "data.input_files": "{data}/instances/*.array_record",
             "data.vocab_file": VOCAB,
             **PRETRAIN_BUDGET,
             **(common or {}),

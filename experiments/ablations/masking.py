@@ -11,7 +11,7 @@ from experiments.ablations import common
 
 
 def get_sweep():
-    dynamic = {"data.input_files": "{data}/unmasked/*.tfrecord", "data.dynamic_masking": True}
+    dynamic = {"data.input_files": "{data}/unmasked/*.array_record", "data.dynamic_masking": True}
     return common.sweep(
         {
             "static_15": {},
