@@ -23,7 +23,13 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.8",
     "google-crc32c>=1.5",  # TFRecord framing without importing TensorFlow (data_pipelines.tfrecord_io)
     "nltk>=3.8",  # Punkt sentence splitter for raw paragraphs (data_pipelines.text_input)
+    "array-record>=0.8",  # pretraining shards with their own index (data_pipelines.record_files)
+    "etils[epath]>=1.7",  # local and gs:// paths alike (data_pipelines.files)
 ]
+
+# `create_pretraining_data --engine beam`: the same recipe on DirectRunner, Dataflow, Flink or Spark.
+# 2.77 resolves beside tensorflow 2.21 (protobuf 6, pyarrow 25, pillow 12; checked in a fresh venv).
+BEAM_REQUIRES = ["apache-beam>=2.77,<3"]
 
 TEST_REQUIRES = [
     "pytest>=8",
@@ -46,5 +52,5 @@ setup(
     packages=find_packages(include=["bert_jax", "bert_jax.*", "data_pipelines", "data_pipelines.*", "experiments", "experiments.*"]),
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "beam": BEAM_REQUIRES},
 )

@@ -111,8 +111,9 @@ def prepare_output_dir(plan: ShardPlan) -> None:
         raise ValueError(f"--output_dir {plan.output_dir} holds {len(existing)} shard(s) ({existing[0]}, ...) but no "
                          f"{RECIPE_FILE}, so they are not known to come from these flags. Choose an empty --output_dir")
     out.mkdir(parents=True, exist_ok=True)
-    for partial in out.glob("*" + record_files.TEMP_SUFFIX):
-        partial.unlink()
+    for stale in [*out.glob("*" + record_files.TEMP_SUFFIX), out / METADATA_FILE]:
+        if stale.exists():  # a partial shard of a killed run; the metadata of a run being redone
+            stale.unlink()
     if not recipe_path.exists():
         recipe_path.write_text(json.dumps(recipe, indent=2, sort_keys=True))
 
