@@ -490,12 +490,12 @@ def compiled_step_facts(stablehlo_text: str, params) -> dict:
 
 def _eval_source(config) -> str:
     """What the eval batches are read from, for error messages."""
-    if config.task.get("synthetic_data"):
-        return "the synthetic eval batches"
     for where, value in (("config.task.eval_input_files", config.task.get("eval_input_files")),
                          ("config.eval_file", config.get("eval_file"))):
-        if value:
+        if value and not config.task.get("synthetic_data"):
             return f"{where}={value}"
+    if config.task.get("synthetic_data"):
+        return "the synthetic eval batches"
     return f"the eval data of task {config.task.name!r}"
 
 
@@ -552,7 +552,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None, devices=No
         raise ValueError(f"config.train.batch_size / grad_accum_steps = {micro_batch} is not divisible by the "
                          f"{dp} data-parallel devices (mesh data x fsdp)")
     total_steps = int(tc.num_steps)
-    schedule_steps = max(total_steps, 1)  # num_steps=0 (evaluate only) still builds an optimizer
+    # num_steps=0 (evaluate only) still builds an optimizer (its state's shapes); it never steps.
+    schedule_steps = total_steps or max(1, int(config.optimizer.warmup_steps))
     tx = optim.make_optimizer(config.optimizer, schedule_steps)
     schedule = optim.learning_rate_schedule(float(config.optimizer.learning_rate),
                                             int(config.optimizer.warmup_steps), schedule_steps)
