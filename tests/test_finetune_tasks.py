@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from tests import squad_official
+
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(shared_data, tmp_path_factory):
@@ -50,9 +52,12 @@ def test_squad_json_through_the_trainer(tiny_checkpoint, shared_data, tmp_path):
                      max_seq_length=128, **{"task.doc_stride": 64})
     results = train.train_and_evaluate(config, tmp_path / "run")
     assert results["main_metric"] == "f1" and set(results["final_metrics"]) == {"exact_match", "f1"}
-    predictions = json.loads((tmp_path / "run" / "predictions").read_text())
+    predictions = json.loads((tmp_path / "run" / "predictions.json").read_text())
     assert len(predictions) == 5 and all(isinstance(v, str) and v for v in predictions.values())
-    assert (tmp_path / "run" / "predictions_nbest.json").exists()
+    assert (tmp_path / "run" / "nbest_predictions.json").exists()
+    # The file, read back with the official evaluation, gives the reported figures.
+    official = squad_official.evaluate_v1(json.loads(sample.read_text()), predictions)
+    assert official == pytest.approx(results["final_metrics"])
 
 
 @pytest.mark.slow

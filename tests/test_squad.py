@@ -7,6 +7,7 @@ import pytest
 
 from bert_jax.tasks import features as features_lib
 from bert_jax.tasks import squad
+from tests import squad_official
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +177,119 @@ def test_tfds_squad_v11_end_to_end(tokenizer, examples):
     start, end = _gold_logits(evaluation, task.eval_features)
     predictions = [{"start_logits": start[b["feature_index"]], "end_logits": end[b["feature_index"]]} for b in batches]
     assert task.evaluate(predictions, batches) == {"exact_match": 100.0, "f1": 100.0}
+
+
+# ---- imperfect predictions, the written files and the official evaluation ------------------------
+
+
+def _v2_dataset(shared_data) -> dict:
+    """The real questions, each also asked of the other paragraph, where it has no answer."""
+    dataset = json.loads((shared_data / "samples" / "squad.json").read_text())
+    paragraphs = [p for article in dataset["data"] for p in article["paragraphs"]]
+    assert len(paragraphs) == 2
+    extra = []
+    for i, paragraph in enumerate(paragraphs):
+        other = paragraphs[1 - i]
+        extra.append({"context": other["context"], "qas": [
+            {"id": f"{qa['id']}_other", "question": qa["question"], "answers": [], "is_impossible": True}
+            for qa in paragraph["qas"]]})
+    return {"version": "v2.0", "data": [{"title": "v2", "paragraphs": paragraphs + extra}]}
+
+
+def _task_outputs(task, start_logits, end_logits, batch_size=3):
+    """(predictions, batches) as the trainer hands them to evaluate/write_predictions."""
+    batches = task.eval_batches(batch_size)
+    predictions = [{"start_logits": start_logits[b["feature_index"]], "end_logits": end_logits[b["feature_index"]]}
+                   for b in batches]
+    return predictions, batches
+
+
+def _mixed_logits(examples, features, seed, gold_every=2):
+    """Gold logits for every `gold_every`-th example, noise for the rest: imperfect predictions."""
+    gold_start, gold_end = _gold_logits(examples, features)
+    rng = np.random.default_rng(seed)
+    start = rng.normal(size=gold_start.shape).astype(np.float32) * 3
+    end = rng.normal(size=gold_end.shape).astype(np.float32) * 3
+    use_gold = (features.example_index % gold_every) == 0
+    start[use_gold], end[use_gold] = gold_start[use_gold] + start[use_gold] / 10, gold_end[use_gold] + end[use_gold] / 10
+    return start, end
+
+
+def test_v1_predictions_json_read_back_gives_the_reported_metrics(tokenizer, shared_data, tmp_path):
+    path = shared_data / "samples" / "squad.json"
+    examples = squad.read_squad_json(path)
+    task = squad.SquadTask(tokenizer=tokenizer, train_examples=examples, eval_examples=examples,
+                           max_seq_length=64, doc_stride=16, max_query_length=32)
+    start, end = _mixed_logits(examples, task.eval_features, seed=0)
+    predictions, batches = _task_outputs(task, start, end)
+    reported = task.evaluate(predictions, batches)
+    task.write_predictions(predictions, batches, tmp_path / "predictions")  # the trainer's call
+    written = json.loads((tmp_path / "predictions.json").read_text())
+    assert sorted(written) == sorted(e.qid for e in examples)
+    assert (tmp_path / "nbest_predictions.json").exists() and not (tmp_path / "null_odds.json").exists()
+    official = squad_official.evaluate_v1(json.loads(path.read_text()), written)
+    assert reported == pytest.approx(official)
+    assert 0 < official["exact_match"] < 100 and official["f1"] > official["exact_match"]  # partial credit seen
+
+
+def test_v2_files_read_back_give_every_reported_official_figure(tokenizer, shared_data, tmp_path):
+    dataset = _v2_dataset(shared_data)
+    (tmp_path / "dev-v2.json").write_text(json.dumps(dataset))
+    examples = squad.read_squad_json(tmp_path / "dev-v2.json")
+    assert len(examples) == 10 and sum(not e.answers for e in examples) == 5
+    task = squad.SquadTask(tokenizer=tokenizer, train_examples=examples, eval_examples=examples,
+                           version_2_with_negative=True, max_seq_length=96, doc_stride=32, max_query_length=32)
+    start, end = _mixed_logits(examples, task.eval_features, seed=3, gold_every=3)
+    predictions, batches = _task_outputs(task, start, end)
+    reported = task.evaluate(predictions, batches)
+    task.write_predictions(predictions, batches, tmp_path / "predictions")
+    written = json.loads((tmp_path / "predictions.json").read_text())
+    null_odds = json.loads((tmp_path / "null_odds.json").read_text())
+    # evaluate-v2.0.py dev-v2.json predictions.json [--na-prob-file null_odds.json]
+    official = squad_official.evaluate_v2(dataset, written)
+    with_odds = squad_official.evaluate_v2(dataset, written, null_odds)
+    best_keys = ("best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh")
+    official.update({k: with_odds[k] for k in best_keys})
+    assert {k: reported[k] for k in official} == pytest.approx(official)
+    if max(null_odds.values()) <= 1.0 or all(not written[q] for q, o in null_odds.items() if o > 1.0):
+        assert {k: with_odds[k] for k in ("exact", "f1")} == pytest.approx({k: reported[k] for k in ("exact", "f1")})
+    # The figures are not trivial: some answers right, some wrong, "no answer" predicted for some.
+    assert 0 < official["HasAns_f1"] < 100 and 0 < official["NoAns_exact"] < 100
+    assert any(v == "" for v in written.values()) and any(v for v in written.values())
+
+
+def test_span_best_f1_thresh_is_the_best_null_score_diff_threshold(tokenizer, shared_data, tmp_path):
+    """Brute force: postprocess at every candidate threshold, score each with the official v2.0
+    F1 (no na-prob file) and take the best; the task's span sweep must name that F1 and a
+    threshold that reproduces it."""
+    dataset = _v2_dataset(shared_data)
+    (tmp_path / "dev-v2.json").write_text(json.dumps(dataset))
+    examples = squad.read_squad_json(tmp_path / "dev-v2.json")
+    features = squad.build_features(tokenizer, examples, max_seq_length=96, doc_stride=32, max_query_length=32,
+                                    is_training=False)
+    # Every answerable question gets its gold span (score ~20); for half of them the null score
+    # is ~21 (null odds ~+1), for the other half ~0. The unanswerable ones get noise spans and a
+    # null score of ~26 (odds ~+10). So the answers cut at threshold 0 miss half the answerable
+    # questions, and the best threshold lies above 0, where only the span sweep can see it.
+    start, end = _mixed_logits(examples, features, seed=5, gold_every=1)
+    answerable = np.array([bool(examples[i].answers) for i in features.example_index])
+    start[~answerable], end[~answerable] = (np.random.default_rng(6).normal(size=start[~answerable].shape) * 3,
+                                            np.random.default_rng(7).normal(size=end[~answerable].shape) * 3)
+    start[~answerable, 0] = end[~answerable, 0] = 13.0
+    half = answerable & (features.example_index % 2 == 0)
+    start[half, 0] = end[half, 0] = 10.5
+    at_zero = squad.postprocess(examples, features, start, end, version_2_with_negative=True)
+    reported = squad.evaluate_predictions(examples, at_zero, version_2=True)
+    diffs = sorted({p.score_diff for p in at_zero.values()})
+
+    def official_f1(threshold):
+        answers = squad.postprocess(examples, features, start, end, version_2_with_negative=True,
+                                    null_score_diff_threshold=threshold)
+        return squad_official.evaluate_v2(dataset, {q: p.text for q, p in answers.items()})["f1"]
+
+    by_threshold = {t: official_f1(t) for t in [diffs[0] - 1.0, *diffs]}
+    best = max(by_threshold.values())
+    assert reported["span_best_f1"] == pytest.approx(best)
+    assert official_f1(reported["span_best_f1_thresh"]) == pytest.approx(best)
+    assert best > official_f1(0.0) and reported["span_best_f1_thresh"] > 0  # 0 is not the best threshold
+    assert reported["f1"] == pytest.approx(official_f1(0.0))

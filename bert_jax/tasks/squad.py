@@ -313,20 +313,31 @@ def postprocess(
 
 
 def evaluate_predictions(examples: Sequence[SquadExample], predictions: dict[str, QuestionPrediction], version_2: bool) -> dict:
-    """The official metrics. v2.0 adds best_exact/best_f1 and the best null_score_diff_threshold
-    (`best_f1_thresh`), from the best spans with the null odds as no-answer probabilities."""
+    """The official metrics of the files `SquadTask.write_predictions` writes.
+
+    v1.1: `evaluate-v1.1.py dev.json predictions.json`.
+    v2.0: exact, f1 and the HasAns_/NoAns_ figures are `evaluate-v2.0.py dev.json
+    predictions.json` (the answers as written, after null_score_diff_threshold);
+    best_exact, best_f1 and their `_thresh` are what the same script adds with
+    `--na-prob-file null_odds.json` (its sweep over the written answers: it cannot look above
+    the threshold they were cut at; with that flag the script also scores every question whose
+    null odds exceed 1.0 as "no answer" in its headline figures, which equal ours whenever
+    null_score_diff_threshold <= 1). `span_best_exact`, `span_best_f1` and their `_thresh` run
+    the same sweep over every question's best non-null span (as if written with an infinite
+    threshold), so `span_best_f1_thresh` is the null_score_diff_threshold that maximises F1.
+    """
     gold = {e.qid: list(e.answers) for e in examples}
     answers = {qid: p.text for qid, p in predictions.items()}
     if not version_2:
         return metrics_lib.squad_v1_evaluate(gold, answers)
+    null_odds = {qid: p.score_diff for qid, p in predictions.items()}
     result = metrics_lib.squad_v2_evaluate(gold, answers)
+    best_keys = ("best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh")
+    with_odds = metrics_lib.squad_v2_evaluate(gold, answers, na_probs=null_odds)
+    result.update({key: with_odds[key] for key in best_keys})
     swept = metrics_lib.squad_v2_evaluate(
-        gold,
-        {qid: p.best_span_text for qid, p in predictions.items()},
-        na_probs={qid: p.score_diff for qid, p in predictions.items()},
-    )
-    for key in ("best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh"):
-        result[key] = swept[key]
+        gold, {qid: p.best_span_text for qid, p in predictions.items()}, na_probs=null_odds)
+    result.update({f"span_{key}": swept[key] for key in best_keys})
     return result
 
 
@@ -424,15 +435,20 @@ class SquadTask(features_lib.ArrayFeaturesTask, Task):
         return {k: float(v) for k, v in evaluate_predictions(self.eval_examples, answers, self.version_2).items()}
 
     def write_predictions(self, predictions, batches, path) -> None:
-        """`path`: predictions.json ({qid: text}) as the official evaluation reads it; beside it
-        `<stem>_nbest.json` and, for v2.0, `<stem>_null_odds.json` (its --na-prob-file)."""
+        """Google run_squad.py's files, in the directory of `path`: `predictions.json` ({qid:
+        answer text, "" for no answer}) as the official evaluate-v1.1.py / evaluate-v2.0.py read
+        it, `nbest_predictions.json`, and for v2.0 `null_odds.json` ({qid: null score - best
+        span score}, the v2.0 script's --na-prob-file). A `path` ending in .json names the
+        predictions file itself."""
         path = pathlib.Path(path)
+        if path.suffix != ".json":
+            path = path.with_name("predictions.json")
         answers = self._question_predictions(predictions, list(batches))
         path.write_text(json.dumps({q: p.text for q, p in answers.items()}, indent=1), encoding="utf-8")
-        nbest_path = path.with_name(f"{path.stem}_nbest.json")
+        nbest_path = path.with_name("nbest_predictions.json")
         nbest_path.write_text(json.dumps({q: p.nbest for q, p in answers.items()}), encoding="utf-8")
         if self.version_2:
-            odds_path = path.with_name(f"{path.stem}_null_odds.json")
+            odds_path = path.with_name("null_odds.json")
             odds_path.write_text(json.dumps({q: p.score_diff for q, p in answers.items()}, indent=1), encoding="utf-8")
 
 
