@@ -129,6 +129,8 @@ def prepare(argv) -> tuple:
     sources = make_sources(args)
     for source in sources:
         source.check_readable()
+    if not any(source.has_text() for source in sources):
+        raise shards.empty_corpus_error(sources)
     plan = dataclasses.replace(plan, inputs=shards.source_inputs(sources))
     shards.prepare_output_dir(plan)
     return args, plan, sources, pipeline_args

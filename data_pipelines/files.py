@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import shutil
 import tempfile
 from typing import Iterable
 
@@ -68,5 +69,11 @@ def local_copy(path: str) -> str:
     if not source.exists():
         raise FileNotFoundError(f"{path} does not exist")
     target = os.path.join(tempfile.mkdtemp(prefix="bert_jax_copy_"), source.name)
-    source.copy(target)
+    copy(path, target)
     return target
+
+
+def copy(source: str, target: str) -> None:
+    """Copies a file between any two filesystems (epath's own copy stays inside one backend)."""
+    with epath.Path(source).open("rb") as src, epath.Path(target).open("wb") as dst:
+        shutil.copyfileobj(src, dst, length=16 << 20)

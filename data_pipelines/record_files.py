@@ -76,9 +76,8 @@ class ShardWriter:
             if exc_type is not None:
                 return
             if self._local_dir:
-                partial = epath.Path(self.path + TEMP_SUFFIX)
-                epath.Path(self._temp).copy(partial, overwrite=True)
-                partial.rename(self.path)
+                files.copy(self._temp, self.path + TEMP_SUFFIX)
+                epath.Path(self.path + TEMP_SUFFIX).rename(self.path)
             else:
                 os.replace(self._temp, self.path)
         finally:

@@ -180,6 +180,9 @@ class FileSource:
         except (OSError, IsADirectoryError) as error:
             raise OSError(f"input file {self.path} cannot be read: {error}") from None
 
+    def has_text(self) -> bool:
+        return next(_iter_blocks(self.path, InputStats()), None) is not None
+
     def count_documents(self) -> int:
         """Blocks of the file, counted without splitting sentences (fixes the number of partitions)."""
         return sum(1 for _ in _iter_blocks(self.path, InputStats()))
@@ -215,6 +218,9 @@ class TfdsSource:
 
     def check_readable(self) -> None:
         pass  # checked by tfds_sources, which opened the builder
+
+    def has_text(self) -> bool:
+        return True  # an empty split is reported after reading
 
     def count_documents(self) -> int:
         if self.stop is not None:
