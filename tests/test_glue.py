@@ -214,3 +214,103 @@ def test_glue_tsv_errors_name_file_and_line(tokenizer, tmp_path):
 def test_unknown_task_is_an_error():
     with pytest.raises(ValueError, match="unknown GLUE task 'sst3'"):
         glue.get_spec("sst3")
+
+
+# ---- imperfect predictions: the written dev predictions, scored by sklearn/scipy ---------------
+
+LABEL_COLUMN = {"cola": 1, "mrpc": "Quality", "qqp": "is_duplicate", "mnli": "gold_label", "stsb": "score"}
+
+
+def _rows(text, headerless):
+    rows = [r for r in csv.reader(text.splitlines(), delimiter="\t", quoting=csv.QUOTE_NONE) if r]
+    return (None, rows) if headerless else (rows[0], rows[1:])
+
+
+def _write_dev_file(path, template, name, count, rng):
+    """`count` rows in the layout of `template` (GLUE's own file), texts cycled, labels drawn;
+    returns {guid as GLUE's reader names it: gold label}."""
+    header, rows = _rows(template, headerless=name == "cola")
+    spec = glue.get_spec(name)
+    label_at = LABEL_COLUMN[name] if header is None else header.index(LABEL_COLUMN[name])
+    id_at = next((header.index(c) for c in ("index", "id") if header and c in header), None)
+    gold, lines = {}, ([header] if header else [])
+    for i in range(count):
+        row = list(rows[i % len(rows)])
+        row[label_at] = f"{rng.uniform(0, 5):.3f}" if spec.label_names is None else str(rng.choice(spec.label_names))
+        if id_at is not None:
+            row[id_at] = str(i)
+        lines.append(row)
+        gold[str(i) if id_at is not None else f"{path.name}:{len(lines)}"] = row[label_at]
+    path.write_text("".join("\t".join(r) + "\n" for r in lines), encoding="utf-8")
+    return gold
+
+
+@pytest.mark.parametrize("name", ["cola", "mrpc", "qqp", "mnli", "stsb"])
+def test_written_dev_predictions_scored_by_sklearn_give_the_reported_metrics(tokenizer, tmp_path, name):
+    import scipy.stats
+    import sklearn.metrics
+
+    rng = np.random.default_rng(len(name))
+    files = GLUE_FILES[name]
+    for file_name, text in files.items():
+        (tmp_path / file_name).write_text(text, encoding="utf-8")
+    template = files["dev_matched.tsv" if name == "mnli" else "dev.tsv"]
+    # MNLI's two dev sets differ in size and labels, so routing one to the other shows.
+    sizes = {"dev_matched.tsv": 23, "dev_mismatched.tsv": 17} if name == "mnli" else {"dev.tsv": 29}
+    gold = {f: _write_dev_file(tmp_path / f, template, name, n, rng) for f, n in sizes.items()}
+    task = glue.make_glue_task(name, tokenizer=tokenizer, max_seq_length=48, data_dir=str(tmp_path))
+    batches = task.eval_batches(8)
+    predictions = [{"score": rng.uniform(0, 5, len(b["input_ids"])).astype(np.float32)} if task.is_regression else
+                   {"logits": rng.normal(size=(len(b["input_ids"]), task.num_labels)).astype(np.float32)}
+                   for b in batches]
+    reported = task.evaluate(predictions, batches)
+    task.write_predictions(predictions, batches, tmp_path / "predictions")
+    written = list(csv.DictReader((tmp_path / "predictions").open(encoding="utf-8"), delimiter="\t"))
+    set_of_file = {"dev_matched.tsv": "matched", "dev_mismatched.tsv": "mismatched", "dev.tsv": ""}
+    expected = {}
+    for file_name, labels in gold.items():
+        rows = [r for r in written if r["eval_set"] == set_of_file[file_name]]
+        assert sorted(r["guid"] for r in rows) == sorted(labels)
+        y_true = [labels[r["guid"]] for r in rows]
+        y_pred = [r["prediction"] for r in rows]
+        suffix = f"_{set_of_file[file_name]}" if name == "mnli" else ""
+        if name == "stsb":
+            t, p = np.asarray(y_true, float), np.asarray(y_pred, float)
+            expected.update(pearson=scipy.stats.pearsonr(p, t)[0], spearman=scipy.stats.spearmanr(p, t)[0],
+                            mse=float(np.mean((p - t) ** 2)))
+            continue
+        expected[f"accuracy{suffix}"] = sklearn.metrics.accuracy_score(y_true, y_pred)
+        if name in ("mrpc", "qqp"):  # F1 of the paraphrase / duplicate class, "1"
+            expected["f1"] = sklearn.metrics.f1_score(y_true, y_pred, pos_label="1")
+        if name == "cola":
+            expected["mcc"] = sklearn.metrics.matthews_corrcoef(y_true, y_pred)
+    assert reported == pytest.approx(expected, rel=1e-5)  # STS-B predictions are float32 scores
+    assert all(0.0 < abs(v) < 1.0 for k, v in expected.items() if k != "mse")  # imperfect, not degenerate
+
+
+def test_mnli_submission_files_hold_their_own_test_set(tokenizer, tmp_path):
+    """MNLI-m.tsv gets test_matched's rows and MNLI-mm.tsv test_mismatched's, each with the
+    label of its own logits (sets of different sizes, so a swap shows)."""
+    files = dict(GLUE_FILES["mnli"])
+    for key, count in (("test_matched.tsv", 5), ("test_mismatched.tsv", 3)):
+        header, rows = _rows(files[key], headerless=False)
+        lines = [header] + [[str(100 * count + i), *rows[0][1:]] for i in range(count)]
+        files[key] = "".join("\t".join(r) + "\n" for r in lines)
+    for file_name, text in files.items():
+        (tmp_path / file_name).write_text(text, encoding="utf-8")
+    test_task = glue.make_glue_task("mnli", tokenizer=tokenizer, max_seq_length=48, data_dir=str(tmp_path)).test_task()
+    batches = test_task.eval_batches(4)
+    rng = np.random.default_rng(0)
+    logits = [rng.normal(size=(len(b["input_ids"]), 3)).astype(np.float32) for b in batches]
+    paths = test_task.write_submission([{"logits": x} for x in logits], batches, tmp_path / "out")
+    assert [p.name for p in paths] == ["MNLI-m.tsv", "MNLI-mm.tsv"]
+    # The expected rows straight from the batches: eval_set 0 = matched, then index order.
+    names = ("entailment", "neutral", "contradiction")
+    expected = {0: [], 1: []}
+    for b, x in zip(batches, logits):
+        for weight, set_id, i, row in zip(b["example_weight"], b["eval_set"], b["example_index"], x):
+            if weight > 0:
+                expected[int(set_id)].append([str(100 * (5 if set_id == 0 else 3) + int(i)), names[int(row.argmax())]])
+    for set_id, path in enumerate(paths):
+        rows = list(csv.reader(path.open(), delimiter="\t"))
+        assert rows[0] == ["index", "prediction"] and rows[1:] == expected[set_id]
