@@ -105,3 +105,78 @@ def test_tfds_conll2003_end_to_end(tokenizer):
     assert task.evaluate(_gold_predictions(task, batches), batches)["f1"] == 1.0
     batch = next(task.train_iterator(batch_size=2, seed=0))
     assert batch["input_ids"].shape == (2, 16) and batch["label_weights"].sum() > 0
+
+
+def _parse_conll(path):
+    """(words, tags) per sentence, read here: `token<TAB>tag` lines, blank lines between."""
+    sentences, words, tags = [], [], []
+    for line in path.read_text(encoding="utf-8").splitlines() + [""]:
+        if not line.strip():
+            if words:
+                sentences.append((words, tags))
+            words, tags = [], []
+            continue
+        word, tag = line.split("\t")
+        words.append(word)
+        tags.append(tag)
+    return sentences
+
+
+def test_imperfect_predictions_on_split_tweets_are_scored_as_seqeval_scores_them(tokenizer, shared_data, tmp_path):
+    """WNUT-16 dev at max_seq_length 16 (most tweets cut into several sequences). Every word is
+    given a predicted tag (gold 90% of the time, a random tag otherwise) on its first sub-token;
+    every other position holds noise the task must ignore. The task's entity F1, and seqeval's on
+    the written prediction file, must equal seqeval's on the tags given here."""
+    import seqeval.metrics
+
+    root = shared_data / "ner" / "wnut16"
+    gold = _parse_conll(root / "dev.conll")
+    task = ner.NerTask(tokenizer=tokenizer, train_sentences=ner.read_conll(root / "train.conll"),
+                       eval_sentences=ner.read_conll(root / "dev.conll"), max_seq_length=16)
+    features = task.eval_features
+    arrays = features.arrays
+    assert features.sentence_index.size > 2 * len(gold)
+    rng = np.random.default_rng(0)
+    wanted = [[t if rng.random() < 0.9 else str(rng.choice(task.labels)) for t in tags] for _, tags in gold]
+    label_ids = rng.integers(0, task.num_labels, size=arrays["input_ids"].shape).astype(np.int32)
+    # word_index must name, for each word, the position of its first sub-token (checked against
+    # the tokenizer here), once over all of a sentence's sequences.
+    seen = [set() for _ in gold]
+    for row in range(arrays["input_ids"].shape[0]):
+        s = int(features.sentence_index[row])
+        token_ids, word_ids = tokenizer.tokenize_words(gold[s][0])
+        first = {int(w): int(t) for t, w in reversed(list(zip(token_ids, word_ids)))}
+        positions = np.flatnonzero(features.word_index[row] >= 0)
+        words = features.word_index[row][positions]
+        assert np.all(np.diff(words) > 0)
+        for position, w in zip(positions, words):
+            assert arrays["input_ids"][row, position] == first[int(w)]
+            assert int(w) not in seen[s]
+            seen[s].add(int(w))
+            label_ids[row, position] = task.labels.index(wanted[s][w])
+    for s, (words, _) in enumerate(gold):
+        no_piece = set(range(len(words))) - seen[s]
+        for w in no_piece:  # a word with no sub-token is predicted O
+            wanted[s][w] = "O"
+    batches = task.eval_batches(32)
+    predictions = [{"label_ids": label_ids[b["sequence_index"]]} for b in batches]
+    reported = task.evaluate(predictions, batches)
+    gold_tags = [tags for _, tags in gold]
+    expected = {"f1": seqeval.metrics.f1_score(gold_tags, wanted), "precision": seqeval.metrics.precision_score(gold_tags, wanted),
+                "recall": seqeval.metrics.recall_score(gold_tags, wanted)}
+    assert {k: reported[k] for k in expected} == pytest.approx(expected)
+    assert 0.2 < expected["f1"] < 0.9
+    task.write_predictions(predictions, batches, tmp_path / "predictions")
+    written = [line.split("\t") for line in (tmp_path / "predictions").read_text(encoding="utf-8").splitlines()]
+    sentences, current = [], []
+    for fields in written + [[""]]:
+        if fields == [""]:
+            if current:
+                sentences.append(current)
+            current = []
+        else:
+            current.append(fields)
+    assert [[w for w, _, _ in s] for s in sentences] == [words for words, _ in gold]
+    assert [[g for _, g, _ in s] for s in sentences] == gold_tags
+    from_file = [[p for _, _, p in s] for s in sentences]
+    assert seqeval.metrics.f1_score(gold_tags, from_file) == pytest.approx(reported["f1"])
