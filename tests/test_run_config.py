@@ -286,9 +286,10 @@ def test_resume_of_a_run_cuts_the_metrics_after_the_restored_step(tmp_path):
 def tensorboard_scalars(directory, tag):
     """(step, value) of every `tag` event as tensorboard reads the directory (no purging, so
     duplicates would show)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.backend.event_processing.event_accumulator import TENSORS, EventAccumulator
     from tensorboard.util import tensor_util
 
-    events = EventAccumulator(str(directory), purge_orphaned_data=False)
+    # size_guidance 0: keep every event (the default samples 10 per tag).
+    events = EventAccumulator(str(directory), size_guidance={TENSORS: 0}, purge_orphaned_data=False)
     events.Reload()
     return [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)]
