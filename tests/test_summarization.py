@@ -35,14 +35,82 @@ def test_greedy_oracle_stops_when_no_sentence_helps():
     assert summ.greedy_oracle(["alpha beta gamma.", "delta epsilon."], "alpha beta gamma.", 3) == [0]
 
 
-def test_rouge_matches_rouge_score_package():
-    predicted = ["The mayor promised to repair roads.\nSchools get money."]
-    reference = [DOCUMENT.summary]
-    ours = summ.rouge_scores(predicted, reference)
+def _f1_by_hand(overlap, candidate, reference):
+    p, r = overlap / candidate, overlap / reference
+    return 2 * p * r / (p + r)
+
+
+def test_rouge_figures_computed_by_hand():
+    """ROUGE-N F1 = F1 of clipped n-gram overlap; ROUGE-L = F1 of the longest common subsequence;
+    ROUGE-Lsum = the union LCS over reference lines. Words chosen so that lower-casing and the
+    Porter stemmer change nothing; counted by hand, not by rouge-score."""
+    reference = "the cat sat on the mat\nthe dog ran"  # 9 tokens
+    predicted = "the cat lay on the mat\nthe cat ran fast"  # 10 tokens: precision != recall
+    ours = summ.rouge_scores([predicted], [reference])
+    # unigrams, clipped overlap: the 3 + cat 1 + on 1 + mat 1 + ran 1 = 7.
+    assert ours["rouge1"] == pytest.approx(100 * _f1_by_hand(7, 10, 9))
+    # bigrams (rouge1/2/L read the summary as one text, across the line break):
+    # ref: the-cat cat-sat sat-on on-the the-mat mat-the the-dog dog-ran (8)
+    # pred: the-cat cat-lay lay-on on-the the-mat mat-the the-cat cat-ran ran-fast (9);
+    # clipped overlap: the-cat 1, on-the, the-mat, mat-the = 4.
+    assert ours["rouge2"] == pytest.approx(100 * _f1_by_hand(4, 9, 8))
+    # LCS of the whole texts: the cat on the mat the ran = 7 tokens.
+    assert ours["rougeL"] == pytest.approx(100 * _f1_by_hand(7, 10, 9))
+    # Lsum: reference line 1 against each prediction line, union of the LCS hits: the cat on
+    # the mat = 5; line 2 "the dog ran": {the} from line 1, {the, ran} from line 2 -> 2; 7 in all.
+    assert ours["rougeLsum"] == pytest.approx(100 * _f1_by_hand(7, 10, 9))
+    # Mean over documents, not a pooled count.
+    two = summ.rouge_scores([predicted, "nothing matches"], [reference, "at all here"])
+    assert two["rouge1"] == pytest.approx(ours["rouge1"] / 2)
+
+
+def _news_documents(shared_data, count, lead=2, max_sentences=8, seed=0):
+    """Real news articles (the shared corpus's lee_news.txt, one sentence per line), each with its
+    first `lead` sentences as the reference summary, the sentences shuffled (so that picking the
+    summary means reading the sentences, not their positions)."""
+    rng = np.random.default_rng(seed)
+    text = (shared_data / "corpus" / "lee_news.txt").read_text(encoding="utf-8")
+    documents = []
+    for i, block in enumerate(text.split("\n\n")):
+        sentences = [s for s in block.splitlines() if s.strip()]
+        if not lead + 2 <= len(sentences) <= max_sentences:
+            continue
+        order = rng.permutation(len(sentences))
+        documents.append(summ.Document(f"lee_news:{i}", tuple(sentences[j] for j in order), "\n".join(sentences[:lead])))
+        if len(documents) == count:
+            break
+    assert len(documents) == count
+    return documents
+
+
+def _score_batches(task, scores_of_document, batch_size=4):
+    batches = task.eval_batches(batch_size)
+    predictions = [{"sentence_scores": np.stack([scores_of_document(int(d), b["sentence_mask"].shape[1])
+                                                 for d in b["document_index"]]).astype(np.float32)} for b in batches]
+    return predictions, batches
+
+
+def test_reported_rouge_equals_rouge_score_on_the_written_summaries(tokenizer, shared_data, tmp_path):
+    """Random sentence scores on real news articles: the task's reported ROUGE must equal the
+    mean of rouge-score's F1, computed here from the written prediction file against the
+    references built here."""
+    documents = _news_documents(shared_data, 12)
+    task = summ.SummarizationTask(tokenizer=tokenizer, train_documents=documents, eval_documents=documents,
+                                  max_seq_length=256, summary_size=2)
+    rng = np.random.default_rng(1)
+    predictions, batches = _score_batches(task, lambda d, n: rng.normal(size=n))
+    reported = task.evaluate(predictions, batches)
+    task.write_predictions(predictions, batches, tmp_path / "predictions")
+    rows = [json.loads(line) for line in (tmp_path / "predictions").read_text().splitlines()]
+    assert [r["guid"] for r in rows] == [d.guid for d in documents]
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=True)
-    expected = scorer.score(reference[0], predicted[0])
-    for name in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
-        assert ours[name] == pytest.approx(100 * expected[name].fmeasure)
+    per_document = [scorer.score(d.summary, "\n".join(r["summary"])) for d, r in zip(documents, rows)]
+    for r, d in zip(rows, documents):
+        assert r["summary"] == [d.sentences[i] for i in r["selected"]] and len(r["selected"]) == 2
+    expected = {name: 100 * np.mean([s[name].fmeasure for s in per_document])
+                for name in ("rouge1", "rouge2", "rougeL", "rougeLsum")}
+    assert reported == pytest.approx(expected)
+    assert 10 < expected["rouge2"] < 90  # imperfect: some right sentences, some wrong
 
 
 def test_features_put_cls_before_each_sentence_with_interval_segments(tokenizer):
