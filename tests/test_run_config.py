@@ -293,3 +293,18 @@ def tensorboard_scalars(directory, tag):
     events = EventAccumulator(str(directory), size_guidance={TENSORS: 0}, purge_orphaned_data=False)
     events.Reload()
     return [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)]
+
+
+def test_elastic_resume_continues_global_input_states_and_names_per_process_ones():
+    from bert_jax.run_checkpoints import process_iterator_state
+
+    # The non-packed pipeline: a global position, the same in every process (epoch aside).
+    saved = [{"version": 1, "packing": False, "global_position": 64, "epoch": e} for e in (0, 1)]
+    assert process_iterator_state(saved, 0, 1) == {"version": 1, "packing": False, "global_position": 64}
+    assert process_iterator_state(saved, 1, 2) == saved[1]  # same count: its own
+    # A packed stream keeps each process's own position: another count cannot continue it.
+    packed = [{"packing": True, "position": 3, "process_index": i, "process_count": 2} for i in (0, 1)]
+    with pytest.raises(ValueError, match=r"input states of 2 processes, this run has 1.*"
+                                         r"--config.train.restart_data_order=True"):
+        process_iterator_state(packed, 0, 1, where="ckpt/3")
+    assert process_iterator_state(packed, 0, 1, restart_data_order=True) is None

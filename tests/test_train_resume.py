@@ -11,6 +11,8 @@ import pytest
 from bert_jax import run_checkpoints
 from tests.train_helpers import REPO, losses_by_step, main_command, read_metrics, run_main, subprocess_env
 
+WAIT_S = 600  # a hung child fails the test instead of blocking CI
+
 
 def _params(workdir):
     params, step = run_checkpoints.restore_params(workdir)
@@ -44,16 +46,19 @@ def test_sigterm_saves_a_complete_checkpoint_and_exits_0(tmp_path):
     workdir = tmp_path / "run"
     process = subprocess.Popen(main_command(workdir, "--config.train.num_steps=100000"), cwd=REPO,
                                env=subprocess_env(1), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + WAIT_S
     try:
         metrics = workdir / "metrics.jsonl"
         while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+            assert time.monotonic() < deadline, "the run did not start in time"
             assert process.poll() is None, process.stderr.read()[-3000:]
             time.sleep(0.2)
         process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate()
+        _, stderr = process.communicate(timeout=WAIT_S)
     finally:
         if process.poll() is None:
             process.kill()
+            process.communicate(timeout=60)
     assert process.returncode == 0, stderr[-3000:]
     saved = run_checkpoints.RunCheckpointer(workdir, {"every_steps": 1, "keep": 1, "keep_best": False,
                                                       "async_save": False}).latest_step()
