@@ -2,8 +2,16 @@
 
     python -m bert_jax.benchmark --model mini --seq-len 128 --batch-size 32 --steps 10 [--mesh 1,1,1]
 
-The step is the trainer's own (`bert_jax.train.jit_train_step`: sharded, state donated),
-timed after compilation with `block_until_ready`. Batches follow Google's pretraining features
+The step is the trainer's own (`bert_jax.train.jit_train_step`: sharded, state donated), compiled
+ahead of time as the trainer compiles it (`train.compile_train_step`, whose seconds are printed as
+compile_time_s) and timed per step from dispatch to `block_until_ready`, as the trainer times
+the step_time_s it logs, so both report the same tokens/s and MFU for the same run.
+
+    python -m bert_jax.benchmark --model tiny --seq-len 128 --batch-size 32 --steps 40 --trainer
+
+`--trainer` also runs the trainer itself on the same synthetic batches twice, with evaluation
+and checkpoints every 10 steps and with both off, and prints the median tokens_per_s each one
+logged (eval/checkpoint time is logged apart, so the two should agree). Batches follow Google's pretraining features
 with 20 masked predictions per sequence of 128 (scaled with the length: 0.15 * seq_len).
 Prints ONE JSON line: tokens_per_s, step_time_s (median), model_flops_per_token, mfu, peak_flops
 (per device) and its source, plus the settings.
@@ -33,6 +41,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--remat", default="none", help="none | full | minimal")
     parser.add_argument("--scan-layers", action="store_true")
     parser.add_argument("--grad-accum-steps", type=int, default=1)
+    parser.add_argument("--trainer", action="store_true",
+                        help="also run the trainer with eval+checkpoints on and off; print its logged tokens/s")
     parser.add_argument("--peak-flops", type=float, default=0.0,
                         help="peak FLOP/s per device for MFU (0: device table, else a measured fp32 matmul)")
     args = parser.parse_args(argv)
@@ -66,11 +76,12 @@ def main(argv=None) -> dict:
         step_fn = train.jit_train_step(task, model, tx, schedule, args.grad_accum_steps, mesh, layout)
         data_iter = SyntheticPretrainingIterator(config.data, args.batch_size, bert_config.vocab_size, seed=0)
         batches = [sharding.make_global_batch(next(data_iter), mesh) for _ in range(2)]
+        step_fn, compile_time, _ = train.compile_train_step(step_fn, state, batches[0])
         times = []
         for i in range(total_steps):
             start = time.perf_counter()
             state, metrics = step_fn(state, batches[i % 2])
-            jax.block_until_ready((state, metrics))
+            jax.block_until_ready(metrics)
             if i >= args.warmup:
                 times.append(time.perf_counter() - start)
         loss = float(metrics["loss"])
@@ -86,10 +97,39 @@ def main(argv=None) -> dict:
         "tokens_per_s": tokens_per_s, "step_time_s": step_time, "step_time_min_s": min(times),
         "model_flops_per_token": flops_per_token,
         "mfu": tokens_per_s * flops_per_token / (peak * jax.device_count()),
-        "peak_flops": peak, "peak_flops_source": peak_source, "final_loss": loss,
+        "peak_flops": peak, "peak_flops_source": peak_source, "final_loss": loss, "compile_time_s": compile_time,
     }
+    if args.trainer:
+        result["trainer_tokens_per_s"] = _trainer_tokens_per_s(config, args, total_steps)
     print(json.dumps(result))
     return result
+
+
+def _trainer_tokens_per_s(config, args, steps: int) -> dict:
+    """Median logged tokens_per_s of the trainer on the same synthetic batches, with evaluation
+    and checkpoints every 10 steps ("eval_and_checkpoints") and with both off ("neither")."""
+    import json as json_lib
+    import pathlib
+    import statistics as stats
+    import tempfile
+
+    from bert_jax import train
+
+    out = {}
+    for name, every in (("neither", 0), ("eval_and_checkpoints", 10)):
+        c = config.copy_and_resolve_references()
+        c.model.update(dtype=args.dtype, remat=args.remat, scan_layers=args.scan_layers)
+        c.train.update(batch_size=args.batch_size, num_steps=steps, log_every=1, eval_batch_size=args.batch_size,
+                       eval_every=every, grad_accum_steps=args.grad_accum_steps)
+        c.task.num_eval_batches = 2 if every else 0
+        c.checkpoint.update(every_steps=every or 10 * steps, async_save=True)
+        c.logging.update(tensorboard=False, progress_bar=False, peak_flops_per_device=args.peak_flops or 0.0)
+        with tempfile.TemporaryDirectory() as workdir:
+            train.train_and_evaluate(c, workdir)
+            rows = [json_lib.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+        logged = [r["tokens_per_s"] for r in rows if r["split"] == "train" and r["step"] > args.warmup]
+        out[name] = stats.median(logged)
+    return out
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ size. The train iterator of process p of P yields rows [p*B/P, (p+1)*B/P) of eac
 `eval_batches` yields whole global batches (the same on every process) and the trainer hands each
 process its rows. Parameters are initialised by calling the model with `input_ids` [1, 8] alone,
 which every model in bert_jax.modeling accepts.
+
+Tasks report facts and do not edit the config: a fine-tuning task exposes `num_train_examples`,
+from which the trainer derives train.num_steps (`bert_jax.train.resolve_config`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ class BatchIterator(Protocol):
 class Task(abc.ABC):
     main_metric: str  # e.g. "accuracy": the trainer keeps the best checkpoint by it
     higher_is_better: bool = True
+    # Fine-tuning tasks: the number of training examples (a fact; the trainer turns epochs into steps).
+    num_train_examples: int | None = None
 
     @abc.abstractmethod
     def make_model(self, bert_config) -> Any:
