@@ -40,6 +40,8 @@ TEST_REQUIRES = [
     "scikit-learn>=1.4",
     "scipy>=1.11",
     "seqeval>=1.2.2",
+    # tensorboard's own EventAccumulator reads the trainer's event files back in the resume tests.
+    "tensorboard>=2.15",
 ]
 
 setup(
