@@ -19,6 +19,7 @@ import functools
 import hashlib
 import json
 import os
+import pickle
 from typing import Iterable, Sequence
 
 from etils import epath
@@ -29,6 +30,7 @@ from data_pipelines.tfrecord_io import encode_examples
 
 RECIPE_FILE = "recipe.json"
 METADATA_FILE = "metadata.json"
+SPILL_DIR = "_tokenized"  # Beam's per-partition documents, under output_dir (shared by the workers); removed when done
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +116,8 @@ def prepare_output_dir(plan: ShardPlan) -> None:
     for stale in [*out.glob("*" + record_files.TEMP_SUFFIX), out / METADATA_FILE]:
         if stale.exists():  # a partial shard of a killed run; the metadata of a run being redone
             stale.unlink()
+    if (out / SPILL_DIR).exists():  # the tokenised documents of a Beam run that did not finish
+        (out / SPILL_DIR).rmtree()
     if not recipe_path.exists():
         recipe_path.write_text(json.dumps(recipe, indent=2, sort_keys=True))
 
@@ -144,6 +148,25 @@ def write_metadata(plan: ShardPlan, num_partitions: int, shards: Sequence[dict],
 
 
 # ----------------------------------------------------------------------------- the two steps
+# A tokenisation batch: up to this many documents or characters, whichever comes first. Small
+# enough that a single book-sized file still spreads over the local workers.
+BATCH_DOCUMENTS = 256
+BATCH_CHARS = 400_000
+
+
+def block_batches(keyed_blocks: Iterable[tuple[pi.DocumentKey, list[str]]]):
+    """(key, raw lines) blocks in batches for `tokenize_block_batch`."""
+    batch, chars = [], 0
+    for keyed_block in keyed_blocks:
+        batch.append(keyed_block)
+        chars += sum(map(len, keyed_block[1]))
+        if len(batch) >= BATCH_DOCUMENTS or chars >= BATCH_CHARS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
 def tokenize_block_batch(plan: ShardPlan, blocks: Sequence[tuple[pi.DocumentKey, list[str]]], num_partitions: int
                          ) -> tuple[list[tuple[int, pi.TokenizedDocument]], text_input.InputStats]:
     """(key, raw lines) blocks -> ([(partition, TokenizedDocument)], the counts of what was repaired)."""
@@ -156,6 +179,31 @@ def tokenize_block_batch(plan: ShardPlan, blocks: Sequence[tuple[pi.DocumentKey,
     tokenizer = load_tokenizer(plan.vocab_file, plan.do_lower_case)
     tokenized = pi.tokenize_documents(documents, tokenizer)
     return [(pi.partition_of(doc.key, num_partitions), doc) for doc in tokenized], stats
+
+
+# ----------------------------------------------------------------------------- spill files
+
+def write_spill(path: str, documents: Sequence[pi.TokenizedDocument], append: bool = False) -> None:
+    """Tokenised documents to a spill file (a run of pickled lists: our own temporary format).
+
+    append=True adds to a local file (the local executor, batch by batch); a Beam step writes
+    its file whole, so a retried step overwrites instead of duplicating.
+    """
+    epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with epath.Path(path).open("ab" if append else "wb") as f:
+        pickle.dump(list(documents), f, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def read_spill(path: str) -> list[pi.TokenizedDocument]:
+    documents = []
+    if not epath.Path(path).exists():  # a partition no document hashed to
+        return documents
+    with epath.Path(path).open("rb") as f:
+        while True:
+            try:
+                documents += pickle.load(f)
+            except EOFError:
+                return documents
 
 
 def write_shard(plan: ShardPlan, partition: int, dupe_pass: int, num_partitions: int,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import collections
 import multiprocessing
 import os
-import pickle
 import sys
 import tempfile
 import time
@@ -25,9 +24,6 @@ from typing import Callable, Sequence
 from data_pipelines import instance_shards as shards
 from data_pipelines import pretraining_instances as pi
 from data_pipelines import text_input
-
-BATCH_DOCUMENTS = 256  # documents per tokenisation task
-
 
 def _count(source) -> int:
     return source.count_documents()
@@ -46,38 +42,13 @@ def _append_to_spill(spill_dir: str, keyed: list) -> None:
     for partition, document in keyed:
         by_partition[partition].append(document)
     for partition, documents in by_partition.items():
-        with open(_spill_path(spill_dir, partition), "ab") as f:
-            pickle.dump(documents, f, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _read_spill(spill_dir: str, partition: int) -> list:
-    documents = []
-    path = _spill_path(spill_dir, partition)
-    if not os.path.exists(path):  # a partition that no document hashed to
-        return documents
-    with open(path, "rb") as f:
-        while True:
-            try:
-                documents += pickle.load(f)
-            except EOFError:
-                return documents
+        shards.write_spill(_spill_path(spill_dir, partition), documents, append=True)
 
 
 def _shard(plan, partition, dupe_pass, num_partitions, spill_dir):
-    return shards.write_shard(plan, partition, dupe_pass, num_partitions, _read_spill(spill_dir, partition),
+    return shards.write_shard(plan, partition, dupe_pass, num_partitions,
+                              shards.read_spill(_spill_path(spill_dir, partition)),
                               skip_existing=True)
-
-
-def _batches(sources, stats: text_input.InputStats):
-    batch = []
-    for source in sources:
-        for keyed_block in source.blocks(stats):
-            batch.append(keyed_block)
-            if len(batch) >= BATCH_DOCUMENTS:
-                yield batch
-                batch = []
-    if batch:
-        yield batch
 
 
 class _Inline:
@@ -127,7 +98,8 @@ def run(plan: shards.ShardPlan, sources: Sequence, num_workers: int, temp_dir: s
         with tempfile.TemporaryDirectory(prefix="bert_jax_spill_", dir=temp_dir) as spill_dir:
             read_stats = text_input.InputStats()
             parts, pending = [], collections.deque()
-            for batch in _batches(sources, read_stats):
+            blocks = (block for source in sources for block in source.blocks(read_stats))
+            for batch in shards.block_batches(blocks):
                 pending.append(pool.apply_async(_tokenize, (plan, num_partitions, batch)))
                 if len(pending) >= 2 * max(num_workers, 1):
                     keyed, stats = pending.popleft().get()

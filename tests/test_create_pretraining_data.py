@@ -304,3 +304,32 @@ def test_gs_input_vocab_and_output_through_a_non_local_filesystem(shared_data, g
     batch = next(iterator)
     assert batch["input_ids"].shape == (16, 128)
     iterator.close()
+
+
+# ----------------------------------------------------------------------------- the trainer on Beam shards
+@pytest.mark.slow
+def test_pretraining_on_beam_shards_learns_and_resumes_exactly(runs, tmp_path):
+    """bert_jax.main reads the Beam-made ArrayRecord shards: the loss falls, and a run stopped at
+    step 20 and resumed by the same command gives bitwise the losses of the straight run."""
+    from tests.train_helpers import losses_by_step, subprocess_env
+
+    def pretrain(workdir, *extra):
+        done = subprocess.run(
+            [sys.executable, "-m", "bert_jax.main", "--config=experiments/pretrain.py:tiny", f"--workdir={workdir}",
+             f"--config.data.input_files={runs / 'beam' / '*.array_record'}", "--config.train.batch_size=16",
+             "--config.train.num_steps=40", "--config.train.log_every=1", "--config.optimizer.warmup_steps=5",
+             "--config.optimizer.learning_rate=2e-3", "--config.checkpoint.every_steps=20",
+             "--config.checkpoint.async_save=False", "--config.logging.tensorboard=False",
+             "--config.logging.progress_bar=False", *extra],
+            cwd=REPO, env=subprocess_env(1), capture_output=True, text=True, timeout=TIMEOUT_S)
+        assert done.returncode == 0, done.stderr[-4000:]
+
+    pretrain(tmp_path / "straight")
+    pretrain(tmp_path / "resumed", "--config.train.stop_at_step=20")
+    pretrain(tmp_path / "resumed")
+    straight, resumed = losses_by_step(tmp_path / "straight"), losses_by_step(tmp_path / "resumed")
+    first, last = np.mean([straight[s] for s in range(1, 6)]), np.mean([straight[s] for s in range(36, 41)])
+    print(f"loss: steps 1-5 {first:.3f}, steps 36-40 {last:.3f}")
+    assert last < first - 1.0
+    assert sorted(resumed) == list(range(1, 41))
+    assert [resumed[s] for s in range(21, 41)] == [straight[s] for s in range(21, 41)]
