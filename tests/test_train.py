@@ -11,9 +11,24 @@ from jax.sharding import PartitionSpec as P
 
 from bert_jax import run_checkpoints, train
 from bert_jax.tasks.pretraining import PretrainingTask
-from tests.train_helpers import losses_by_step, read_metrics, tiny_config
+from tests.tolerances import assert_tree_close
+from tests.train_helpers import losses_by_step, read_metrics, require_devices, tiny_config
 
-needs_8_devices = pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 devices (XLA_FLAGS in conftest)")
+# Params after a few steps, relative to each leaf's max |value| (floored at 1e-3 of the largest
+# param; biases start at 0): the schemes and accumulation only reorder float32 sums.
+PARAM_REL = 1e-4
+
+
+
+def needs_8_devices(test):
+    """Fails (does not skip) the test when the 8 host devices are missing."""
+    import functools
+
+    @functools.wraps(test)
+    def wrapper(*args, **kwargs):
+        require_devices(8)
+        return test(*args, **kwargs)
+    return wrapper
 
 
 def _flat_params(state):
@@ -43,8 +58,8 @@ def test_parallel_schemes_match_one_device(tmp_path):
     for name in runs:
         np.testing.assert_allclose([losses[name][s] for s in range(1, 6)],
                                    [losses["one_device"][s] for s in range(1, 6)], rtol=2e-5, err_msg=name)
-        for key, value in params["one_device"].items():
-            np.testing.assert_allclose(params[name][key], value, rtol=1e-4, atol=2e-6, err_msg=f"{name}: {key}")
+        assert sorted(params[name]) == sorted(params["one_device"]), name
+        assert_tree_close(params[name], params["one_device"], PARAM_REL)
     # The params really are split as the rules say.
     query = "bert/encoder/layer_0/attention/self/query/kernel"  # [embed, heads, kv]
     intermediate = "bert/encoder/layer_0/intermediate/dense/kernel"  # [embed, mlp]
@@ -74,8 +89,8 @@ def test_gradient_accumulation_equals_the_full_batch(tmp_path):
         results[accum] = (losses_by_step(tmp_path / f"accum_{accum}"), _flat_params(state))
     for step in (1, 2, 3):
         np.testing.assert_allclose(results[2][0][step], results[1][0][step], rtol=1e-5)
-    for key, value in results[1][1].items():
-        np.testing.assert_allclose(np.asarray(results[2][1][key]), np.asarray(value), rtol=1e-4, atol=1e-6)
+    assert_tree_close({k: np.asarray(v) for k, v in results[2][1].items()},
+                      {k: np.asarray(v) for k, v in results[1][1].items()}, PARAM_REL)
 
 
 class _NaNAtStep(PretrainingTask):
