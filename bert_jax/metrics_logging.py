@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import pathlib
 import sys
 from typing import Mapping
+
+from etils import epath
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -25,7 +25,7 @@ TENSORBOARD_DIR = "tensorboard"
 KEPT_EVENTS_FILE = "events.out.tfevents.0000000000.kept.v2"
 
 
-def truncate_jsonl(path: pathlib.Path, last_step: int) -> int:
+def truncate_jsonl(path: epath.Path, last_step: int) -> int:
     """Keeps the rows of steps <= last_step (and drops a torn last line); returns rows dropped."""
     if not path.is_file():
         return 0
@@ -43,11 +43,11 @@ def truncate_jsonl(path: pathlib.Path, last_step: int) -> int:
     if dropped:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, path)
+        tmp.replace(path)
     return dropped
 
 
-def truncate_event_files(directory: pathlib.Path, last_step: int) -> int:
+def truncate_event_files(directory: epath.Path, last_step: int) -> int:
     """Rewrites a TensorBoard run directory's event files as one file holding only the events of
     steps <= last_step (in their order); returns the events dropped. A record torn by a hard kill
     ends its file."""
@@ -81,7 +81,7 @@ def truncate_event_files(directory: pathlib.Path, last_step: int) -> int:
             out.write(record)
     for path in files:
         path.unlink()
-    os.replace(tmp, directory / KEPT_EVENTS_FILE)
+    tmp.replace(directory / KEPT_EVENTS_FILE)
     return dropped
 
 
@@ -91,10 +91,10 @@ def _plain(value):
 
 
 class MetricsWriter:
-    def __init__(self, workdir: str | pathlib.Path, enabled: bool = True, tensorboard: bool = True,
+    def __init__(self, workdir: str | epath.PathLike, enabled: bool = True, tensorboard: bool = True,
                  resume_step: int | None = None):
         self.enabled = enabled
-        self.workdir = pathlib.Path(workdir)
+        self.workdir = epath.Path(workdir)  # local or gs:// (etils.epath; TF's writers take both)
         self._tb_writers = {}
         self._tensorboard = tensorboard and enabled
         if enabled:
@@ -105,7 +105,7 @@ class MetricsWriter:
                 if tensorboard_dir.is_dir():  # also when TensorBoard is off now but was on before
                     for split_dir in sorted(p for p in tensorboard_dir.iterdir() if p.is_dir()):
                         truncate_event_files(split_dir, resume_step)
-            self._jsonl = open(self.workdir / METRICS_FILE, "a", encoding="utf-8")
+            self._jsonl = (self.workdir / METRICS_FILE).open("a")
 
     def _tb(self, split: str):
         if split not in self._tb_writers:

@@ -15,12 +15,13 @@ Config fields (`config.checkpoint`): every_steps, keep (last K), keep_best, asyn
 from __future__ import annotations
 
 import json
-import pathlib
+import os
 from typing import Any, Mapping
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -68,11 +69,17 @@ def process_iterator_state(states: list[dict], process_index: int, process_count
         f"uninterrupted run).")
 
 
+def absolute(path: str | os.PathLike) -> epath.Path:
+    """An absolute path for orbax: local paths resolved, gs:// (and other URLs) as given."""
+    path = os.fspath(path)
+    return epath.Path(path) if "://" in path else epath.Path(os.path.abspath(path))
+
+
 class RunCheckpointer:
-    def __init__(self, workdir: str | pathlib.Path, checkpoint_config: Mapping[str, Any],
+    def __init__(self, workdir: str | os.PathLike, checkpoint_config: Mapping[str, Any],
                  main_metric: str | None = None, higher_is_better: bool = True):
         cfg = checkpoint_config
-        self.directory = pathlib.Path(workdir).resolve() / CHECKPOINT_DIR
+        self.directory = absolute(workdir) / CHECKPOINT_DIR
         self.every_steps = int(cfg["every_steps"])
         if self.every_steps <= 0:
             raise ValueError(f"config.checkpoint.every_steps: expected > 0, found {self.every_steps}")
@@ -137,12 +144,12 @@ class RunCheckpointer:
         self.manager.close()
 
 
-def restore_params(directory: str | pathlib.Path, step: int | None = None) -> tuple[Any, int]:
+def restore_params(directory: str | os.PathLike, step: int | None = None) -> tuple[Any, int]:
     """Only the params of a run checkpoint (host numpy arrays), for `init_from=<workdir>`.
 
     `directory` is a run's workdir or its `checkpoints/` folder; `step` defaults to the newest.
     """
-    directory = pathlib.Path(directory).resolve()
+    directory = absolute(directory)
     if (directory / CHECKPOINT_DIR).is_dir():
         directory = directory / CHECKPOINT_DIR
     manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))

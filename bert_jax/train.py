@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import linen as nn
+from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec
 
 from bert_jax import flops as flops_lib
@@ -499,10 +500,10 @@ def _eval_source(config) -> str:
     return f"the eval data of task {config.task.name!r}"
 
 
-def _write_json_atomic(path: pathlib.Path, data) -> None:
+def _write_json_atomic(path: epath.Path, data) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    tmp.replace(path)
 
 
 class _IntervalClock:
@@ -533,7 +534,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None, devices=No
     from bert_jax.tasks import make_task
 
     _validate(config)
-    workdir = pathlib.Path(workdir)
+    workdir = epath.Path(workdir)  # local or gs:// (checkpoints: orbax; records: etils.epath)
     process_index, process_count = jax.process_index(), jax.process_count()
     is_main = process_index == 0
 

@@ -206,7 +206,7 @@ def main(argv=None) -> int:
     pretrain_dir = work / "pretrain"
     _run("3/5 pretrain a tiny BERT",
          [python, "-m", "bert_jax.main", f"--config={REPO / 'experiments/quickstart.py'}:{budget.pretrain_config}",
-          f"--workdir={pretrain_dir}", f"--config.data.input_files={instances}/*.tfrecord",
+          f"--workdir={pretrain_dir}", f"--config.data.input_files={instances}/*.array_record",
           f"--config.data.vocab_file={spm_model}"], pretrain_dir / "results.json")
 
     random_dir = work / "random_init"

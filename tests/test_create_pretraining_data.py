@@ -6,7 +6,6 @@ output for ~30k instances of 1.4 MB of the shared corpus; tolerances are the iss
 least 5 standard deviations of the measured quantity at this size).
 """
 
-import fnmatch
 import hashlib
 import json
 import os
@@ -23,6 +22,7 @@ from data_pipelines import pretraining_instances as pi
 from data_pipelines import record_files, text_input
 from data_pipelines.tfrecord_io import read_pretraining_arrays
 from data_pipelines.tokenization import load_tokenizer
+from tests.gcs_mock import in_memory_gcs
 
 REPO = Path(__file__).resolve().parents[1]
 UNCASED = "vocab/bert-base-uncased-vocab.txt"
@@ -255,31 +255,7 @@ def test_damaged_text_is_counted_in_the_metadata(shared_data, tmp_path):
 # ----------------------------------------------------------------------------- paths that are not local
 @pytest.fixture
 def gs_in_memory(monkeypatch):
-    """gs:// paths served by an in-memory fsspec filesystem through etils.epath: no local disk, no network."""
-    from etils.epath import backend, gpath
-    from fsspec.implementations.memory import MemoryFileSystem
-
-    class Bucket(MemoryFileSystem):
-        protocol = ("gs",)
-        store, pseudo_dirs = {}, [""]  # this test's own, not MemoryFileSystem's shared ones
-
-        @classmethod
-        def _strip_protocol(cls, path):
-            return "/" + (path[len("gs://"):] if path.startswith("gs://") else path).lstrip("/")
-
-    bucket = Bucket(skip_instance_cache=True)
-
-    class InMemoryGcs(backend._FileSystemSpecBackend):
-        def fs(self, path):
-            return bucket
-
-        def glob(self, path):
-            pattern = bucket._strip_protocol(path)
-            return sorted("gs:/" + p for p in bucket.store if fnmatch.fnmatchcase(p, pattern))
-
-    monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
-    monkeypatch.setitem(gpath._PREFIX_TO_BACKEND, "gs", InMemoryGcs())
-    return bucket
+    return in_memory_gcs(monkeypatch)
 
 
 @pytest.mark.parametrize("output_format", ["array_record", "tfrecord"])

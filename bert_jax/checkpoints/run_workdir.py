@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 from bert_jax.checkpoints import validation
 from bert_jax.checkpoints.validation import CheckpointError
@@ -26,14 +27,14 @@ CONFIG_FILE = "config.json"  # = bert_jax.train.CONFIG_FILE
 
 
 def is_run_workdir(path: str) -> bool:
-    return os.path.isdir(os.path.join(path, CHECKPOINT_DIR))
+    return (epath.Path(path) / CHECKPOINT_DIR).is_dir()
 
 
 def config_source(workdir: str) -> str:
     """The file that holds the run's BertConfig (see read_config)."""
     for name in (MODEL_CONFIG_FILE, CONFIG_FILE, RESULTS_FILE):
-        if os.path.isfile(os.path.join(workdir, name)):
-            return os.path.join(workdir, name)
+        if (epath.Path(workdir) / name).is_file():
+            return os.fspath(epath.Path(workdir) / name)
     raise CheckpointError(
         f"run workdir {workdir} has checkpoints/ but none of {MODEL_CONFIG_FILE}, {CONFIG_FILE}, "
         f"{RESULTS_FILE}, where the trainer records the model config; export the params with "
@@ -42,8 +43,7 @@ def config_source(workdir: str) -> str:
 
 def read_config(workdir: str) -> BertConfig:
     path = config_source(workdir)
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+    data = json.loads(epath.Path(path).read_text())
     if path.endswith(MODEL_CONFIG_FILE):
         model, where = data, path
     elif path.endswith(CONFIG_FILE):
