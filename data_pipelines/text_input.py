@@ -213,6 +213,11 @@ class TfdsSource:
     def name(self) -> str:
         return f"tfds:{self.name_}[{self.split}][{self.start}:{'' if self.stop is None else self.stop}]"
 
+    @property
+    def number(self) -> int:
+        """Unique among the slices of a split (names the slice's spill files)."""
+        return self.start
+
     def _split(self) -> str:
         return self.split if (self.start, self.stop) == (0, None) else f"{self.split}[{self.start}:{self.stop}]"
 

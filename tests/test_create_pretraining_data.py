@@ -309,3 +309,24 @@ def test_pretraining_on_beam_shards_learns_and_resumes_exactly(runs, tmp_path):
     assert last < first - 1.0
     assert sorted(resumed) == list(range(1, 41))
     assert [resumed[s] for s in range(21, 41)] == [straight[s] for s in range(21, 41)]
+
+
+def test_a_tfds_text_dataset_by_name(shared_data, tmp_path):
+    """--input_format tfds through TFDS's own mock of a dataset (no download), on the local engine."""
+    tf = pytest.importorskip("tensorflow")
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from data_pipelines import create_pretraining_data
+
+    articles = (shared_data / "corpus/enwiki_sample.txt").read_text(encoding="utf-8").split("\n\n")[:60]
+
+    def as_dataset(*args, **kwargs):
+        return tf.data.Dataset.from_tensor_slices({"text": [a.encode("utf-8") for a in articles],
+                                                   "title": [b"t"] * len(articles)})
+
+    with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+        report = create_pretraining_data.main(
+            ["--input_format", "tfds", "--input_file", "wikipedia/20230601.en", "--vocab_file", str(shared_data / UNCASED),
+             "--output_dir", str(tmp_path / "out"), "--num_workers", "1", "--dupe_factor", "2"])
+    assert report["documents"] == sum(1 for a in articles if a.strip()) and report["instances"] > 100
+    written = read_pretraining_arrays(str(tmp_path / "out" / "*.array_record"))
+    assert len(written["input_ids"]) == report["instances"]
