@@ -1,8 +1,8 @@
 """Masked-LM and NSP loss / accuracy of pretrained checkpoints on a set of pretraining instances.
 
-    python benchmarks/mlm_eval.py --instances 'DIR/*.tfrecord' [--limit 1024] CKPT [CKPT ...]
+    python benchmarks/mlm_eval.py --instances 'DIR/*.array_record' [--limit 1024] CKPT [CKPT ...]
 
-The instances are Google-format TFRecords (`python -m data_pipelines.create_pretraining_data`).
+The instances are Google-format ArrayRecord or TFRecord files (`python -m data_pipelines.create_pretraining_data`).
 Run it on held-out text, or on the training text with a new masking seed, to see how much of a
 falling training loss is memorisation. The losses are the trainer's own
 (`bert_jax.tasks.pretraining`), over the first `--limit` instances; one JSON line per checkpoint.

@@ -50,7 +50,7 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
     config.task = ml_collections.ConfigDict(dict(
         name="pretraining",
         synthetic_data="synthetic" in options,
-        eval_input_files="",  # held-out TFRecords ("" = no evaluation)
+        eval_input_files="",  # held-out ArrayRecord or TFRecord files ("" = no evaluation)
         num_eval_batches=20,
     ))
     config.train.num_steps = steps
