@@ -347,17 +347,18 @@ def test_top_level_import_is_light(repo_root):
         "heavy = [m for m in ('jax', 'torch', 'tensorflow', 'flax') if m in sys.modules]; "
         "assert not heavy, heavy"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo_root)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo_root, timeout=600)
     assert result.returncode == 0, result.stderr
 
 
 def test_convert_cli_subprocess_reports_errors(tmp_path, repo_root):
-    ok = subprocess.run([sys.executable, "-m", "bert_jax.convert", "--help"], capture_output=True, text=True, cwd=repo_root)
+    ok = subprocess.run([sys.executable, "-m", "bert_jax.convert", "--help"], capture_output=True, text=True, cwd=repo_root,
+                        timeout=600)
     assert ok.returncode == 0 and "--to {bert_jax,hf}" in ok.stdout
     bad = subprocess.run(
         [sys.executable, "-m", "bert_jax.convert", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o"),
          "--to", "hf"],
-        capture_output=True, text=True, cwd=repo_root,
+        capture_output=True, text=True, cwd=repo_root, timeout=600,
     )
     assert bad.returncode == 1 and "does not exist" in bad.stderr
 

@@ -46,7 +46,7 @@ def test_minilm_sentiment_dev_accuracy(shared_data, repo_root, tmp_path):
         "--config.logging.peak_flops_per_device=1e11",  # skip the MFU matmul benchmark
     ]
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as the documented command
-    completed = subprocess.run(command, cwd=repo_root, env=env, capture_output=True, text=True)
+    completed = subprocess.run(command, cwd=repo_root, env=env, capture_output=True, text=True, timeout=1800)
     assert completed.returncode == 0, completed.stderr[-4000:]
     results = json.loads((workdir / "results.json").read_text())
     assert results["step"] == 120 and results["init_from"] == str(model)

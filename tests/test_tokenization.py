@@ -267,7 +267,7 @@ def test_train_vocab_sentencepiece_same_interface(model_type, tmp_path, shared_d
     cmd = [sys.executable, "-m", "data_pipelines.train_vocab", "--input",
            str(shared_data / "corpus/botchan.txt"), "--vocab-size", "2000", "--model-type", model_type,
            "--output", str(prefix)]
-    subprocess.run(cmd, check=True, capture_output=True)
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
     tok = load_tokenizer(str(prefix) + ".model", lowercase=True)
     assert tok.vocab_size == 2000
     assert [tok.tokens[i] for i in (tok.pad_id, tok.unk_id, tok.cls_id, tok.sep_id, tok.mask_id)] == \

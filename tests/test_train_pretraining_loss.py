@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from tests.train_helpers import REPO, read_metrics, subprocess_env
+from tests.train_helpers import REPO, SUBPROCESS_TIMEOUT_S, read_metrics, subprocess_env
 
 VOCAB_SIZE = 30522
 
@@ -29,7 +29,8 @@ def _create(text, output_dir, vocab, dupe_factor):
     subprocess.run([sys.executable, "-m", "data_pipelines.create_pretraining_data", "--input_file", str(text),
                     "--output_dir", str(output_dir), "--vocab_file", str(vocab), "--max_seq_length", "128",
                     "--max_predictions_per_seq", "20", "--dupe_factor", str(dupe_factor),
-                    "--num_workers", "2"], cwd=REPO, env=subprocess_env(1), check=True, capture_output=True)
+                    "--num_workers", "2"], cwd=REPO, env=subprocess_env(1), check=True, capture_output=True,
+                   timeout=SUBPROCESS_TIMEOUT_S)
 
 
 def _read_instances(pattern):
@@ -74,7 +75,7 @@ def test_tiny_bert_pretraining_loss_goes_down(shared_data, tmp_path):
          # No dropout: a 300-step run learns faster without it; the paper's 0.1 is for long runs.
          "--config.model.hidden_dropout_prob=0.0", "--config.model.attention_probs_dropout_prob=0.0",
          "--config.logging.tensorboard=False"],
-        cwd=REPO, env=subprocess_env(1), check=True, capture_output=True)
+        cwd=REPO, env=subprocess_env(1), check=True, capture_output=True, timeout=SUBPROCESS_TIMEOUT_S)
 
     train = read_metrics(workdir)
     (evaluation,) = read_metrics(workdir, "eval")
