@@ -156,6 +156,7 @@ RUN_MODEL_FIELDS = ("dtype", "param_dtype", "remat", "scan_layers", "attention_i
                     "hidden_dropout_prob", "attention_probs_dropout_prob")
 CONFIG_FILE = "config.json"  # the resolved config of the run, written before step 1
 MODEL_CONFIG_FILE = "model_config.json"  # the run's BertConfig (the fields of config.model)
+HEAD_FILE = "head.json"  # {"model_class", "label_names"}: the model's head, for exports
 
 
 def architecture_fields() -> tuple[str, ...]:
@@ -566,6 +567,11 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None, devices=No
     if is_main:
         _write_json_atomic(workdir / CONFIG_FILE, config.to_dict())
         _write_json_atomic(workdir / MODEL_CONFIG_FILE, dataclasses.asdict(bert_config))
+        # What an export needs beyond the weights: the transformers head class (our model classes
+        # carry transformers' names) and the class names, index i = output i (bert_jax.convert).
+        label_names = getattr(task, "label_names", None)
+        _write_json_atomic(workdir / HEAD_FILE, {"model_class": type(model).__name__,
+                                                "label_names": None if label_names is None else list(label_names)})
     checkpointer = RunCheckpointer(workdir, config.checkpoint, task.main_metric,
                                    getattr(task, "higher_is_better", True))
     latest = checkpointer.latest_step()

@@ -326,7 +326,9 @@ def test_unknown_directory_lists_expected_layouts(tmp_path):
 def test_convert_cli_hf_to_bert_jax_to_hf(hf_dir, tmp_path, capsys):
     from safetensors.numpy import load_file
 
-    write_vocab(hf_dir / "vocab.txt", 99)
+    # A BERT vocab has its special tokens (the HF export builds a tokenizer from it).
+    (hf_dir / "vocab.txt").write_text("".join(f"{t}\n" for t in ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+                                      + "".join(f"tok{i}\n" for i in range(94)))
     native_dir, back_dir = tmp_path / "native", tmp_path / "back"
     assert convert.main(["--input", str(hf_dir), "--output", str(native_dir), "--to", "bert_jax"]) == 0
     assert "(hf) -> " in capsys.readouterr().out
@@ -354,7 +356,7 @@ def test_top_level_import_is_light(repo_root):
 def test_convert_cli_subprocess_reports_errors(tmp_path, repo_root):
     ok = subprocess.run([sys.executable, "-m", "bert_jax.convert", "--help"], capture_output=True, text=True, cwd=repo_root,
                         timeout=600)
-    assert ok.returncode == 0 and "--to {bert_jax,hf}" in ok.stdout
+    assert ok.returncode == 0 and "--to {bert_jax,hf,google}" in ok.stdout
     bad = subprocess.run(
         [sys.executable, "-m", "bert_jax.convert", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o"),
          "--to", "hf"],

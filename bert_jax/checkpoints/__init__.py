@@ -1,7 +1,7 @@
 """Pretrained checkpoints in and out: Hugging Face, Google TF and bert_jax's own format.
 
     config, params = load_pretrained(path)                  # format detected from the files
-    save_pretrained(params, config, out_dir, format="hf")    # or format="bert_jax"
+    save_pretrained(params, config, out_dir, format="hf", vocab_file="vocab.txt")  # or "google", "bert_jax"
 
 `params` is the tree of docs/ARCHITECTURE.md in the unstacked `layer_{i}` layout, as numpy
 arrays: `bert/...`, plus `cls/...` (MLM and NSP heads), `classifier/...` or `qa_outputs/...`
@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from bert_jax.checkpoints import google_tf, hf, native, run_workdir, validation
+from bert_jax.checkpoints import google_tf, hf, hf_tokenizer, native, run_workdir, validation
+from bert_jax.checkpoints.hf_tokenizer import TokenizerExportError
 from bert_jax.checkpoints.validation import CheckpointError, flatten, unflatten
 from bert_jax.config import BertConfig
 
 FORMATS = ("bert_jax", "hf", "google_tf", "run_workdir")
 
-__all__ = ["CheckpointError", "FORMATS", "detect_format", "load_config", "load_pretrained", "save_pretrained"]
+__all__ = ["CheckpointError", "TokenizerExportError", "FORMATS", "detect_format", "load_config", "load_pretrained", "save_pretrained"]
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -96,20 +97,35 @@ def save_pretrained(
     path: str | os.PathLike,
     format: str = "hf",
     vocab_file: str | os.PathLike | None = None,
+    lowercase: bool = True,
+    label_names: Sequence[str] | None = None,
+    architecture: str | None = None,
 ) -> None:
     """Writes `params` (loop or scan layout, numpy or jax leaves) as a checkpoint directory.
 
     format="hf": config.json + model.safetensors with BertForPreTraining keys (`bert.*`,
-    `cls.*`), float32, for transformers' `from_pretrained`. format="bert_jax": every
-    parameter in its own dtype, exact. `vocab_file` is checked against config.vocab_size and
-    copied in as vocab.txt.
+    `cls.*`), float32, for transformers' `from_pretrained`; with `vocab_file` (a WordPiece
+    vocab.txt) also tokenizer.json, tokenizer_config.json (do_lower_case=`lowercase`) and
+    special_tokens_map.json, so AutoTokenizer gives bert_jax's ids (`hf_tokenizer`); a
+    SentencePiece .model raises TokenizerExportError. `label_names` fill id2label/label2id;
+    `architecture` names the transformers class (e.g. "BertForTokenClassification").
+    format="google": google-research/bert's bert_config.json + bert_model.ckpt.* (TF V2
+    checkpoint, Google's variable names) + vocab.txt.
+    format="bert_jax": every parameter in its own dtype, exact.
+    `vocab_file` is checked against config.vocab_size and copied in. The hf and google exports
+    are built in a temporary directory and moved into place; a failed one leaves nothing.
     """
-    if format not in ("hf", "bert_jax"):
-        raise ValueError(f"save_pretrained: format must be 'hf' or 'bert_jax', found {format!r}")
+    if format not in ("hf", "bert_jax", "google"):
+        raise ValueError(f"save_pretrained: format must be 'hf', 'google' or 'bert_jax', found {format!r}")
     flat = flatten(_plain_tree(params))
     vocab_file = None if vocab_file is None else os.fspath(vocab_file)
-    writer = hf.save if format == "hf" else native.save
-    writer(flat, config, os.fspath(path), vocab_file)
+    if format == "hf":
+        hf.save(flat, config, os.fspath(path), vocab_file, lowercase=lowercase, label_names=label_names,
+                architecture=architecture)
+    elif format == "google":
+        google_tf.save(flat, config, os.fspath(path), vocab_file)
+    else:
+        native.save(flat, config, os.fspath(path), vocab_file)
 
 
 def _plain_tree(params: Mapping[str, Any]) -> Mapping[str, Any]:

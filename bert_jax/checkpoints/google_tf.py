@@ -90,3 +90,59 @@ def load(path: str, dtype=np.float32, check_vocab: bool = True) -> tuple[BertCon
     }
     source = tensors.TensorSource(prefix, shapes, reader.get_tensor)
     return config, tensors.import_params(source, "tf", config, config_path, dtype)
+
+
+def save(flat: dict[str, Any], config: BertConfig, directory: str, vocab_file: str | None = None) -> None:
+    """Writes a google-research/bert directory: bert_config.json, bert_model.ckpt.{index,data-*}
+    with Google's variable names and layouts (names.TABLE), and vocab.txt when given.
+
+    The checkpoint is TF's V2 format (the format of Google's released checkpoints), written by
+    TF's own SaveV2 op, so `tf.train.load_checkpoint` and Google's `modeling.py` /
+    `init_from_checkpoint` read it. Built in a temporary directory and moved into place: a failed
+    export leaves nothing. A SentencePiece .model is refused (Google's code reads only vocab.txt).
+    """
+    import json
+    import shutil
+    import tempfile
+
+    google_dict = config.to_google_dict()
+    if vocab_file is not None:
+        vocab_file = os.fspath(vocab_file)
+        if vocab_file.endswith(".model"):
+            raise CheckpointError(
+                f"cannot export {vocab_file} to the Google TF format: Google's tokenization.py reads a WordPiece "
+                f"vocab.txt only; export with format='bert_jax' to keep the SentencePiece model")
+        config.validate_vocab(vocab_file)
+    state = tensors.export_params(flat, config, "tf")
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise CheckpointError("writing a Google TF checkpoint needs tensorflow (pip install tensorflow-cpu)") from None
+    directory = os.path.abspath(directory)
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.tmp-", dir=parent)
+    try:
+        with open(os.path.join(staging, CONFIG_FILE), "w", encoding="utf-8") as f:
+            json.dump(google_dict, f, indent=2, sort_keys=True)
+            f.write("\n")
+        names_sorted = sorted(state)
+        with tf.device("/cpu:0"):
+            tf.raw_ops.SaveV2(prefix=os.path.join(staging, DEFAULT_PREFIX), tensor_names=names_sorted,
+                              shape_and_slices=[""] * len(names_sorted),
+                              tensors=[tf.constant(state[n], tf.float32) for n in names_sorted])
+        if vocab_file is not None:
+            shutil.copyfile(vocab_file, os.path.join(staging, VOCAB_FILE))
+        if not os.path.exists(directory):
+            os.replace(staging, directory)
+            return
+        if not os.path.isdir(directory):
+            raise CheckpointError(f"cannot export to {directory}: it exists and is not a directory")
+        for old in glob.glob(os.path.join(directory, DEFAULT_PREFIX + ".*")):
+            os.remove(old)  # shards of an earlier export
+        if vocab_file is None and os.path.isfile(os.path.join(directory, VOCAB_FILE)):
+            os.remove(os.path.join(directory, VOCAB_FILE))
+        for name in os.listdir(staging):
+            os.replace(os.path.join(staging, name), os.path.join(directory, name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -14,11 +14,12 @@ import contextlib
 import json
 import os
 import shutil
-from typing import Any, Iterator, Mapping
+import tempfile
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from bert_jax.checkpoints import names, tensors, validation
+from bert_jax.checkpoints import hf_tokenizer, names, tensors, validation
 from bert_jax.checkpoints.validation import CheckpointError
 from bert_jax.config import BertConfig
 
@@ -188,23 +189,71 @@ def _architecture(flat: Mapping[str, Any]) -> str:
     return "BertModel"
 
 
-def save(flat: Mapping[str, Any], config: BertConfig, directory: str, vocab_file: str | None = None) -> None:
-    """Writes config.json + model.safetensors (float32, BertForPreTraining key names)."""
+def save(flat: Mapping[str, Any], config: BertConfig, directory: str, vocab_file: str | None = None,
+         lowercase: bool = True, label_names: Sequence[str] | None = None,
+         architecture: str | None = None) -> None:
+    """Writes config.json + model.safetensors (float32, BertForPreTraining key names), and with a
+    vocab the tokenizer files of `hf_tokenizer` (tokenizer.json, tokenizer_config.json,
+    special_tokens_map.json, vocab.txt).
+
+    `label_names` (class i's name at index i) go into id2label / label2id; without them a
+    classifier gets transformers' LABEL_i. `architecture` overrides the transformers class
+    recorded in config.json (BertForTokenClassification has the same keys as
+    BertForSequenceClassification, so only the caller knows which it is).
+
+    Everything is checked and built first, then written into a temporary directory beside
+    `directory` and moved into place: a failed export (TokenizerExportError, CheckpointError)
+    leaves no directory, or the one that was there. Tokenizer files in `directory` that this
+    export does not write are removed, so an old tokenizer never sits beside new weights.
+    """
     from safetensors.numpy import save_file
 
-    hf_dict = config.to_hf_dict(architectures=(_architecture(flat),))
+    hf_dict = config.to_hf_dict(architectures=(architecture or _architecture(flat),))
     state = tensors.export_params(flat, config, "hf")
     if "classifier.bias" in state:
-        # transformers sizes the classifier from id2label (default 2 labels).
-        hf_dict["id2label"] = {str(i): f"LABEL_{i}" for i in range(state["classifier.bias"].shape[0])}
-        hf_dict["label2id"] = {f"LABEL_{i}": i for i in range(state["classifier.bias"].shape[0])}
+        num_labels = state["classifier.bias"].shape[0]
+        if label_names is None:
+            # transformers sizes the classifier from id2label (default 2 labels).
+            label_names = [f"LABEL_{i}" for i in range(num_labels)]
+        label_names = [str(n) for n in label_names]
+        if len(label_names) != num_labels:
+            raise CheckpointError(
+                f"label_names has {len(label_names)} names ({label_names[:5]}...) but classifier/bias has "
+                f"{num_labels} outputs")
+        if len(set(label_names)) != len(label_names):
+            raise CheckpointError(f"label_names repeat a name: {label_names}; label2id needs distinct names")
+        hf_dict["id2label"] = {str(i): n for i, n in enumerate(label_names)}
+        hf_dict["label2id"] = {n: i for i, n in enumerate(label_names)}
+    elif label_names is not None:
+        raise CheckpointError(f"label_names given ({list(label_names)[:5]}) but the params have no classifier/")
+    tokenizer_files = {}
     if vocab_file is not None:
         config.validate_vocab(vocab_file)
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, CONFIG_FILE), "w", encoding="utf-8") as f:
-        json.dump(hf_dict, f, indent=2, sort_keys=True)
-        f.write("\n")
-    # transformers refuses safetensors files without format metadata.
-    save_file(state, os.path.join(directory, SAFETENSORS_FILE), metadata={"format": "pt"})
-    if vocab_file is not None:
-        shutil.copyfile(vocab_file, os.path.join(directory, VOCAB_FILE))
+        tokenizer_files = hf_tokenizer.build(vocab_file, lowercase, config.vocab_size, config.max_position_embeddings)
+    config_text = json.dumps(hf_dict, indent=2, sort_keys=True) + "\n"
+
+    directory = os.path.abspath(directory)
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.tmp-", dir=parent)
+    try:
+        with open(os.path.join(staging, CONFIG_FILE), "w", encoding="utf-8") as f:
+            f.write(config_text)
+        # transformers refuses safetensors files without format metadata.
+        save_file(state, os.path.join(staging, SAFETENSORS_FILE), metadata={"format": "pt"})
+        for name, text in tokenizer_files.items():
+            with open(os.path.join(staging, name), "w", encoding="utf-8") as f:
+                f.write(text)
+        if not os.path.exists(directory):
+            os.replace(staging, directory)
+            return
+        if not os.path.isdir(directory):
+            raise CheckpointError(f"cannot export to {directory}: it exists and is not a directory")
+        written = set(os.listdir(staging))
+        for name in (*hf_tokenizer.FILES, "spm.model", *WEIGHT_FILES):
+            if name not in written and os.path.isfile(os.path.join(directory, name)):
+                os.remove(os.path.join(directory, name))  # stale files of an earlier export
+        for name in written:
+            os.replace(os.path.join(staging, name), os.path.join(directory, name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -101,7 +101,11 @@ def _run_vocab(init_from: str) -> str | None:
         if path.is_file() and (pathlib.Path(init_from) / "checkpoints").is_dir():
             data = json.loads(path.read_text())
             data = data.get("config", {}) if name == "results.json" else data
-            return (data.get("data") or {}).get("vocab_file") or None
+            vocab = (data.get("data") or {}).get("vocab_file") or None
+            if vocab is None:  # static-mask data: create_pretraining_data recorded the vocab
+                from bert_jax.checkpoints import run_workdir
+                vocab = run_workdir.export_info(init_from)["vocab_file"]
+            return vocab
     return None
 
 

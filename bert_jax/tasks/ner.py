@@ -185,6 +185,11 @@ class NerTask(features_lib.ArrayFeaturesTask, Task):
         return len(self.labels)
 
     @property
+    def label_names(self) -> list[str]:
+        """Tag i's name at index i (the trainer records them for exports)."""
+        return list(self.labels)
+
+    @property
     def train_features(self) -> NerFeatures:
         if self._train_features is None:
             self._train_features = build_features(self.tokenizer, self.train_sentences, self.labels, self.max_seq_length, f"{self.name} train")
