@@ -25,6 +25,11 @@ INSTALL_REQUIRES = [
     "nltk>=3.8",  # Punkt sentence splitter for raw paragraphs (data_pipelines.text_input)
     "array-record>=0.8",  # pretraining shards with their own index (data_pipelines.record_files)
     "etils[epath]>=1.7",  # local and gs:// paths alike (data_pipelines.files)
+    "absl-py>=2.0",  # bert_jax.main's flags (absl.app / ml_collections.config_flags)
+    "tqdm>=4.66",  # progress bars (trainer, vocab training, evaluation)
+    "huggingface_hub>=0.30",  # Hub ids in init_from / load_pretrained (bert_jax.checkpoints.hub)
+    # TensorBoard's reader and UI for the trainer's event files: tensorflow-cpu does not pull it in.
+    "tensorboard>=2.15",
 ]
 
 # `create_pretraining_data --engine beam`: the same recipe on DirectRunner, Dataflow, Flink or Spark.

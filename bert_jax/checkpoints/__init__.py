@@ -18,19 +18,23 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from bert_jax.checkpoints import google_tf, hf, hf_tokenizer, native, run_workdir, validation
+from bert_jax.checkpoints import google_tf, hf, hf_tokenizer, hub, native, run_workdir, validation
 from bert_jax.checkpoints.hf_tokenizer import TokenizerExportError
 from bert_jax.checkpoints.validation import CheckpointError, flatten, unflatten
 from bert_jax.config import BertConfig
 
 FORMATS = ("bert_jax", "hf", "google_tf", "run_workdir")
 
-__all__ = ["CheckpointError", "TokenizerExportError", "FORMATS", "detect_format", "load_config", "load_pretrained", "save_pretrained"]
+__all__ = ["CheckpointError", "TokenizerExportError", "FORMATS", "detect_format", "load_config", "load_pretrained",
+           "resolve_path", "save_pretrained"]
+
+resolve_path = hub.resolve  # a local path, or the Hub snapshot directory of an id
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """'bert_jax', 'hf', 'google_tf' or 'run_workdir' for a directory (or a TF checkpoint prefix)."""
-    path = os.fspath(path)
+    """'bert_jax', 'hf', 'google_tf' or 'run_workdir' for a directory (or a TF checkpoint prefix).
+    A Hugging Face Hub id is resolved to its snapshot directory first (`hub.resolve`)."""
+    path = hub.resolve(path)
     if os.path.isdir(path):
         if native.is_native_dir(path):
             return "bert_jax"
@@ -59,7 +63,7 @@ def detect_format(path: str | os.PathLike) -> str:
 
 def load_config(path: str | os.PathLike) -> BertConfig:
     """The BertConfig of a checkpoint (any format load_pretrained reads), without its weights."""
-    path = os.fspath(path)
+    path = hub.resolve(path)
     fmt = detect_format(path)
     if fmt == "run_workdir":
         return run_workdir.read_config(path)
@@ -79,9 +83,11 @@ def load_pretrained(
     TF checkpoint prefix, a bert_jax directory (save_pretrained(format="bert_jax")), or a
     bert_jax training run's workdir (params of its newest checkpoint). When
     the directory has a vocab.txt, its size must equal config.vocab_size (check_vocab=False
-    skips that). dtype=None keeps a bert_jax checkpoint's stored dtype.
+    skips that). dtype=None keeps a bert_jax checkpoint's stored dtype. A Hugging Face Hub id
+    (`google-bert/bert-base-uncased`) is read from the huggingface_hub cache, or downloaded when
+    there is a network (`hub.resolve`).
     """
-    path = os.fspath(path)
+    path = hub.resolve(path)
     fmt = detect_format(path)
     if fmt == "bert_jax":
         config, flat = native.load(path, dtype, check_vocab)

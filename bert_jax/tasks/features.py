@@ -28,6 +28,8 @@ def resolve_vocab_file(vocab_file: str | None, init_from: str | None) -> pathlib
     if vocab_file:
         return pathlib.Path(vocab_file)
     if init_from:
+        from bert_jax.checkpoints import resolve_path  # a Hub id -> its snapshot directory
+        init_from = resolve_path(init_from)
         for name in ("vocab.txt", "spm.model"):
             candidate = pathlib.Path(init_from) / name
             if candidate.is_file():
