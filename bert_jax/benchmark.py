@@ -1,13 +1,13 @@
 """Times the full pretraining train step (MLM + NSP, AdamW, clipping) on synthetic batches.
 
-    python -m bert_jax.benchmark --model mini --seq-len 128 --batch-size 32 --steps 10 [--mesh 1,1,1]
+    python -m bert_jax.benchmark --model mini --seq_len 128 --batch_size 32 --steps 10 [--mesh 1,1,1]
 
 The step is the trainer's own (`bert_jax.train.jit_train_step`: sharded, state donated), compiled
 ahead of time as the trainer compiles it (`train.compile_train_step`, whose seconds are printed as
 compile_time_s) and timed per step from dispatch to `block_until_ready`, as the trainer times
 the step_time_s it logs, so both report the same tokens/s and MFU for the same run.
 
-    python -m bert_jax.benchmark --model tiny --seq-len 128 --batch-size 32 --steps 40 --trainer
+    python -m bert_jax.benchmark --model tiny --seq_len 128 --batch_size 32 --steps 40 --trainer
 
 `--trainer` also runs the trainer itself on the same synthetic batches twice, with evaluation
 and checkpoints every 10 steps and with both off, and prints the median tokens_per_s each one
@@ -26,26 +26,33 @@ import statistics
 import time
 
 
+# Old dashed spellings: deprecated aliases.
+DEPRECATED = {"--seq-len": "--seq_len", "--batch-size": "--batch_size", "--max-predictions": "--max_predictions", "--scan-layers": "--scan_layers", "--grad-accum-steps": "--grad_accum_steps", "--peak-flops": "--peak_flops"}
+
+
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from bert_jax.cli_flags import HelpFormatter, rewrite_deprecated
+
+    parser = argparse.ArgumentParser(prog="python -m bert_jax.benchmark", description=__doc__,
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--model", default="base", choices=["tiny", "mini", "small", "medium", "base", "large"])
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=32, help="global batch, in sequences")
+    parser.add_argument("--seq_len", type=int, default=128)
+    parser.add_argument("--batch_size", type=int, default=32, help="global batch, in sequences")
     parser.add_argument("--steps", type=int, default=10, help="timed steps, after 2 warm-up steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps (the first compiles)")
-    parser.add_argument("--max-predictions", type=int, default=None,
+    parser.add_argument("--max_predictions", type=int, default=None,
                         help="masked positions per sequence (default: 20 at 128, 80 at 512 as Google)")
     parser.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor sizes (-1 = the rest)")
     parser.add_argument("--rules", default="data_parallel", help="data_parallel | fsdp | tensor")
     parser.add_argument("--dtype", default="float32", help="compute dtype: float32 | bfloat16")
     parser.add_argument("--remat", default="none", help="none | full | minimal")
-    parser.add_argument("--scan-layers", action="store_true")
-    parser.add_argument("--grad-accum-steps", type=int, default=1)
+    parser.add_argument("--scan_layers", action="store_true")
+    parser.add_argument("--grad_accum_steps", type=int, default=1)
     parser.add_argument("--trainer", action="store_true",
                         help="also run the trainer with eval+checkpoints on and off; print its logged tokens/s")
-    parser.add_argument("--peak-flops", type=float, default=0.0,
+    parser.add_argument("--peak_flops", type=float, default=0.0,
                         help="peak FLOP/s per device for MFU (0: device table, else a measured fp32 matmul)")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(rewrite_deprecated(argv, DEPRECATED, "bert_jax.benchmark"))
 
     import jax
     from bert_jax import flops as flops_lib

@@ -133,6 +133,19 @@ class MetricsWriter:
                                      metadata=scalar_metadata)
                 self._tb(split).flush()
 
+    def write_text(self, step: int, split: str, tag: str, text: str) -> None:
+        """A text summary (TensorBoard's Text tab renders it as Markdown), e.g. the run's config."""
+        if not (self.enabled and self._tensorboard):
+            return
+        import tensorflow as tf
+        from tensorflow.core.framework import summary_pb2
+        # What tensorboard's tf.summary.text writes: a string tensor under the "text" plugin.
+        text_metadata = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="text"))
+        with self._tb(split).as_default():
+            tf.summary.write(tag, tf.constant(text), step=int(step), metadata=text_metadata)
+            self._tb(split).flush()
+
     def close(self) -> None:
         if self.enabled:
             self._jsonl.close()

@@ -1,6 +1,6 @@
 """Run an ablation: every variant (x seed) pretrains, then fine-tunes, in its own sub-workdir.
 
-    python -m bert_jax.sweep experiments/ablations/nsp.py --workdir DIR [--parallel N] [--print-commands]
+    python -m bert_jax.sweep experiments/ablations/nsp.py --workdir DIR [--parallel N] [--print_commands]
     python -m bert_jax.sweep --grid experiments/finetune_glue.py:mrpc --workdir DIR --set init_from=PATH
 
 The second form searches the fine-tuning grid of the experiment's `config.sweep` (the paper's
@@ -365,8 +365,13 @@ def _main_metric_of(runs: list[Run]) -> str | None:
     return None
 
 
+DEPRECATED = {"--print-commands": "--print_commands"}  # old spelling: a deprecated alias
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from bert_jax.cli_flags import HelpFormatter, rewrite_deprecated
+
+    parser = argparse.ArgumentParser(prog="python -m bert_jax.sweep", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("ablation", nargs="?", help="path of an ablation file defining get_sweep()")
     parser.add_argument("--grid", metavar="FILE.py:ARG",
                         help="instead of an ablation file: search the experiment's config.sweep grid (fine-tuning)")
@@ -374,8 +379,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --grid: a config override for every run (e.g. init_from=PATH)")
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--parallel", type=int, default=1, help="variants run at once")
-    parser.add_argument("--print-commands", action="store_true", help="print the command lines and exit")
-    args = parser.parse_args(argv)
+    parser.add_argument("--print_commands", action="store_true", help="print the command lines and exit")
+    args = parser.parse_args(rewrite_deprecated(argv, DEPRECATED, "bert_jax.sweep"))
     if bool(args.ablation) == bool(args.grid):
         parser.error("give either an ablation file or --grid FILE.py:ARG")
     if args.set and not args.grid:

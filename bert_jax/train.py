@@ -578,6 +578,9 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None, devices=No
     # Rows after the restored step belong to steps that will run again: cut them.
     writer = MetricsWriter(workdir, enabled=is_main, tensorboard=bool(config.logging.tensorboard),
                            resume_step=latest or 0)
+    if latest is None:  # the resolved config, in TensorBoard's Text tab (indented: a Markdown code block)
+        writer.write_text(0, "train", "config", "".join(
+            f"    {line}\n" for line in json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str).splitlines()))
 
     # The logical rules shard params, optimizer state and batches explicitly (in/out shardings), and,
     # installed as a context, they also turn the model's activation constraints on
