@@ -7,9 +7,11 @@
 arg: v1.1 or v2.0. Data: TFDS `squad/<arg>` unless train_file/eval_file name official JSON files.
 Features: max_seq_length 384, doc_stride 128, max_query_length 64; post-processing: n-best 20,
 max_answer_length 30, v2.0 null answers when null - best span > null_score_diff_threshold (0).
-Metrics are the official evaluate-v1.1.py / evaluate-v2.0.py ones; v2.0 also reports the best
-threshold (best_f1_thresh) to set null_score_diff_threshold to. Predictions go to
-<workdir>/predictions (JSON, as the official scripts read it), with n-best and null odds beside it.
+Metrics are the official evaluate-v1.1.py / evaluate-v2.0.py ones, on the files written to the
+workdir: predictions.json ({qid: answer}), nbest_predictions.json and, for v2.0, null_odds.json
+(evaluate-v2.0.py --na-prob-file). v2.0 also reports span_best_f1_thresh: the
+null_score_diff_threshold that maximises F1 over every question's best span (the official
+best_f1_thresh can only look below the threshold the answers were cut at).
 Recipe: lr 3e-5, batch 32, 2 epochs (v1.1; the paper's SQuAD setting), warmup 10%.
 """
 

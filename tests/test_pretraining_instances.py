@@ -258,7 +258,8 @@ def test_cli_output_is_deterministic_and_readable_by_tensorflow(shared_data, tmp
     # In a subprocess: its workers fork, and forking the pytest process (JAX threads running) can deadlock.
     def run_cli(out_dir, workers):
         subprocess.run([sys.executable, "-m", "data_pipelines.create_pretraining_data", *common,
-                        "--output_dir", str(out_dir), "--num_workers", str(workers)], check=True, capture_output=True)
+                        "--output_dir", str(out_dir), "--num_workers", str(workers)], check=True, capture_output=True,
+                       timeout=600)
         return json.loads((out_dir / "metadata.json").read_text())["counts"]
 
     one = run_cli(tmp_path / "one", 1)
