@@ -380,7 +380,7 @@ def test_run_workdir_loads_params_of_newest_checkpoint(scan_layers, tmp_path):
         checkpointer.save(step, state, {"position": step}, {"step": step}, force=True)
     checkpointer.wait_until_finished()
     checkpointer.close()
-    with pytest.raises(CheckpointError, match="no results.json"):
+    with pytest.raises(CheckpointError, match="none of model_config.json, config.json, results.json"):
         load_pretrained(tmp_path)
     (tmp_path / "results.json").write_text(json.dumps({"config": {"model": config.to_dict()}}))
     assert detect_format(tmp_path) == "run_workdir"
