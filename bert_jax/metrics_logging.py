@@ -176,3 +176,11 @@ class ProgressBar:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+def eval_progress(batches, enabled: bool = True):
+    """`batches` with a tqdm bar over the evaluation (batches done, rate), only on a terminal."""
+    if not (enabled and sys.stdout.isatty()):
+        return batches
+    from tqdm import tqdm
+    return tqdm(batches, desc="eval", unit="batch", leave=False, dynamic_ncols=True)

@@ -41,7 +41,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from bert_jax import flops as flops_lib
 from bert_jax import optim, sharding
-from bert_jax.metrics_logging import MetricsWriter, ProgressBar
+from bert_jax.metrics_logging import MetricsWriter, ProgressBar, eval_progress
 from bert_jax.run_checkpoints import RunCheckpointer
 
 log = logging.getLogger("bert_jax.train")
@@ -636,7 +636,9 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None, devices=No
         def evaluate() -> dict:
             start = time.perf_counter()
             predictions, batches = [], []
-            for i, global_batch in enumerate(task.eval_batches(int(tc.eval_batch_size))):
+            eval_batches = eval_progress(task.eval_batches(int(tc.eval_batch_size)),
+                                         enabled=is_main and bool(config.logging.progress_bar))
+            for i, global_batch in enumerate(eval_batches):
                 check_token_ids(global_batch, bert_config.vocab_size, f"eval batch {i + 1} of {eval_source}")
                 local = _process_rows(global_batch, process_index, process_count)
                 out = predict_step(state.params, sharding.make_global_batch(local, mesh))

@@ -8,7 +8,12 @@ On 2 CPU cores it
   3. pretrains a tiny BERT (2 layers, hidden 128) with MLM + NSP,
   4. fine-tunes it on Rotten Tomatoes sentiment (data/quickstart/sentiment_*.tsv),
   5. fine-tunes the same architecture from random init with the same budget,
-  6. prints dev accuracy with and without pretraining and plots the pretraining loss.
+  6. prints dev accuracy with and without pretraining and plots the pretraining loss (from step 1),
+  7. prints the held-out masked-LM loss (on the sentiment dev reviews, never trained on) of both
+     inits against the unigram baseline (each masked token predicted from its training frequency).
+With --released ID_OR_DIR (a Hub id such as google/bert_uncased_L-2_H-128_A-2, or a local
+Hugging Face / Google / bert_jax directory) it also fine-tunes that released checkpoint with the
+same budget and adds its row. Without the flag, nothing needs a network.
 Every stage is one of the project's public commands, printed before it runs, so each can be
 rerun or changed on its own. A stage whose output exists is skipped on a rerun.
 
@@ -87,7 +92,7 @@ def get_config(arg: str = "pretrain"):
         config.data.max_predictions_per_seq = budget.max_predictions_per_seq
         config.train.batch_size = PRETRAIN["batch_size"]
         config.train.num_steps = PRETRAIN["num_steps"]
-        config.train.log_every = 50
+        config.train.log_every = 1  # the loss plot starts at step 1: the drop from ln(vocab) shows
         config.train.eval_every = 0
         config.optimizer.learning_rate = PRETRAIN["learning_rate"]
         config.optimizer.warmup_steps = PRETRAIN["warmup_steps"]
@@ -166,6 +171,59 @@ def write_corpus(corpora: tuple[pathlib.Path, ...], out: pathlib.Path) -> pathli
     return out
 
 
+def write_heldout_text(dev_tsv: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
+    """The dev reviews as pretraining text (one document per review): text no pretraining run saw."""
+    if not out.exists():
+        reviews = [line.split("\t")[0] for line in dev_tsv.read_text(encoding="utf-8").splitlines()[1:] if line.strip()]
+        out.write_text("\n\n".join(reviews) + "\n", encoding="utf-8")
+    return out
+
+
+SPECIAL_PIECES = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def unigram_baseline(train_patterns: str, heldout_patterns: str, vocab_file: pathlib.Path) -> float:
+    """Masked-LM cross-entropy (nats) on the held-out instances of a model that ignores context:
+    each masked token predicted by its frequency in the training instances (the original tokens,
+    masked positions restored; special tokens not counted), add-one smoothed over the vocabulary."""
+    import numpy as np
+
+    from data_pipelines.tfrecord_io import read_pretraining_arrays
+    from data_pipelines.tokenization import load_tokenizer
+
+    tok = load_tokenizer(vocab_file)
+    train = read_pretraining_arrays(train_patterns)
+    ids = train["input_ids"].copy()
+    rows, cols = np.nonzero(train["masked_lm_weights"] > 0)
+    ids[rows, train["masked_lm_positions"][rows, cols]] = train["masked_lm_ids"][rows, cols]
+    counts = np.bincount(ids.ravel(), minlength=tok.vocab_size).astype(np.float64)
+    counts[list(tok.special_ids)] = 0
+    log_p = np.log((counts + 1) / (counts.sum() + tok.vocab_size))
+    held = read_pretraining_arrays(heldout_patterns)
+    weights = held["masked_lm_weights"]
+    return float(-(log_p[held["masked_lm_ids"]] * weights).sum() / weights.sum())
+
+
+def released_vocab_args(released: str) -> list[str]:
+    """--config.lowercase for a released checkpoint: its tokenizer_config.json's do_lower_case, else uncased."""
+    from bert_jax.checkpoints import hf_tokenizer, resolve_path
+
+    lowercase = hf_tokenizer.read_lowercase(resolve_path(released))
+    return [f"--config.lowercase={True if lowercase is None else lowercase}"]
+
+
+def finetune(work: pathlib.Path, label: str, init: str, seed: int, vocab_args: list[str],
+             extra: list[str] = ()) -> tuple[float, int]:
+    """One sentiment fine-tuning run of the quickstart's budget -> (dev accuracy, steps)."""
+    ft_dir = work / (f"finetune_{label.replace(' ', '_').replace('/', '_')}" + (f"_seed{seed}" if seed else ""))
+    _run(f"4-5/5 fine-tune on sentiment from {label}, seed {seed}",
+         [sys.executable, "-m", "bert_jax.main", f"--config={REPO / 'experiments/quickstart.py'}:finetune",
+          f"--workdir={ft_dir}", f"--config.init_from={init}", *vocab_args, f"--config.seed={seed}", *extra],
+         ft_dir / "results.json")
+    result = json.loads((ft_dir / "results.json").read_text())
+    return result["final_metrics"]["accuracy"], result["step"]
+
+
 def accuracy_row(label: str, accuracies: list[float], steps: int) -> str:
     if len(accuracies) == 1:
         return f"| {label} | {accuracies[0]:.4f} | {steps} |"
@@ -179,8 +237,14 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", default=None, help="default: workdirs/quickstart (10min), workdirs/quickstart_35min")
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="10min",
                         help="10min: the default run; 35min: in-domain text, 12,000 steps, 3 seeds")
+    parser.add_argument("--released", default=None, metavar="ID_OR_DIR",
+                        help="also fine-tune this released checkpoint (Hub id or local directory) with the same "
+                             "budget, e.g. google/bert_uncased_L-2_H-128_A-2 (needs a network or the HF cache)")
     args = parser.parse_args(argv)
     budget = BUDGETS[args.budget]
+    if args.released:  # fail before any stage runs: a missing id names the id and the HF cache
+        from bert_jax.checkpoints import load_config
+        load_config(args.released)
     default_dir = "workdirs/quickstart" if args.budget == "10min" else f"workdirs/quickstart_{args.budget}"
     work = pathlib.Path(args.workdir or REPO / default_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -192,8 +256,8 @@ def main(argv=None) -> int:
     spm_prefix = work / "vocab/spm"
     spm_model = spm_prefix.with_suffix(".model")
     _run(f"1/5 train a SentencePiece vocabulary on {corpus_names}",
-         [python, "-m", "data_pipelines.train_vocab", "--input", str(corpus), "--vocab-size", str(budget.vocab_size),
-          "--model-type", "unigram", "--output", str(spm_prefix)], spm_model)
+         [python, "-m", "data_pipelines.train_vocab", "--input", str(corpus), "--vocab_size", str(budget.vocab_size),
+          "--model_type", "unigram", "--output", str(spm_prefix)], spm_model)
 
     instances = work / "instances"
     _run("2/5 create pretraining instances (MLM + NSP)",
@@ -214,17 +278,29 @@ def main(argv=None) -> int:
         write_random_init(pretrain_dir, random_dir, spm_model)
 
     accuracies, steps = {}, {}
-    for label, init in (("pretrained", pretrain_dir), ("random init", random_dir)):
+    inits = [("pretrained", str(pretrain_dir), [f"--config.vocab_file={spm_model}"]),
+             ("random init", str(random_dir), [f"--config.vocab_file={spm_model}"])]
+    if args.released:  # its own vocab.txt, found beside the checkpoint
+        inits.append((f"released {args.released}", args.released, released_vocab_args(args.released)))
+    for label, init, vocab_args in inits:
         for seed in budget.finetune_seeds:
-            ft_dir = work / (f"finetune_{label.replace(' ', '_')}" + (f"_seed{seed}" if seed else ""))
-            _run(f"4-5/5 fine-tune on sentiment from {label}, seed {seed}",
-                 [python, "-m", "bert_jax.main", f"--config={REPO / 'experiments/quickstart.py'}:finetune",
-                  f"--workdir={ft_dir}", f"--config.init_from={init}", f"--config.vocab_file={spm_model}",
-                  f"--config.seed={seed}"],
-                 ft_dir / "results.json")
-            result = json.loads((ft_dir / "results.json").read_text())
-            accuracies.setdefault(label, []).append(result["final_metrics"]["accuracy"])
-            steps[label] = result["step"]
+            accuracy, steps[label] = finetune(work, label, init, seed, vocab_args)
+            accuracies.setdefault(label, []).append(accuracy)
+
+    heldout_text = write_heldout_text(REPO / "data/quickstart/sentiment_dev.tsv", work / "heldout.txt")
+    heldout = work / "heldout_instances"
+    _run("6/5 held-out pretraining instances (the dev reviews, same vocabulary and masking recipe)",
+         [python, "-m", "data_pipelines.create_pretraining_data", "--input_file", str(heldout_text),
+          "--output_dir", str(heldout), "--vocab_file", str(spm_model),
+          "--max_seq_length", str(budget.max_seq_length),
+          "--max_predictions_per_seq", str(budget.max_predictions_per_seq),
+          "--dupe_factor", "1", "--random_seed", "7"], heldout / "metadata.json")
+    cmd = [python, str(REPO / "benchmarks/mlm_eval.py"), "--instances", f"{heldout}/*.array_record",
+           "--limit", "2048", str(pretrain_dir), str(random_dir)]
+    print(f"\n== held-out masked-LM loss\n$ {shlex.join(cmd)}", flush=True)
+    lines = subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, text=True).stdout.splitlines()
+    mlm = {json.loads(l)["checkpoint"]: json.loads(l) for l in lines if l.startswith("{")}
+    baseline = unigram_baseline(f"{instances}/*.array_record", f"{heldout}/*.array_record", spm_model)
 
     plot = work / "pretraining_loss.png"
     plot_pretraining_loss(pretrain_dir / "metrics.jsonl", plot,
@@ -236,6 +312,13 @@ def main(argv=None) -> int:
     for label, values in accuracies.items():
         print(accuracy_row(label, values, steps[label]))
     print(f"| (majority class) | {dev_majority:.4f} | - |")
+    print(f"\nheld-out masked-LM loss (nats) on {len(heldout_text.read_text().split(chr(10) * 2))} dev reviews "
+          f"no run trained on, first 2048 instances:")
+    print("| model | MLM loss | MLM accuracy |\n|---|---|---|")
+    for label, path in (("pretrained", pretrain_dir), ("random init", random_dir)):
+        row = mlm[str(path)]
+        print(f"| {label} | {row['mlm_loss']:.4f} | {row['mlm_accuracy']:.4f} |")
+    print(f"| unigram baseline (training-token frequencies) | {baseline:.4f} | - |")
     print(f"\nplot: {plot}\noutputs: {work}\ntotal: {time.time() - start:.0f} s")
     return 0
 

@@ -72,6 +72,7 @@ def test_misspelled_override_is_one_short_line_with_the_suggestion(repo_root, tm
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_tensorboard_reads_the_config_and_the_loss_back(repo_root, tmp_path):
     """A CLI run with TensorBoard on: tensorboard's EventAccumulator (the reader behind its UI)
     finds the loss at every logged step and the resolved config as text."""

@@ -127,6 +127,7 @@ def _check_ids_are_ours(hf_tokenizer, texts, vocab, lowercase):
         assert got["token_type_ids"] == [0] * n
 
 
+@pytest.mark.slow
 def test_pretraining_run_round_trips_through_transformers(runs, shared_data, tmp_path):
     from bert_jax.modeling.models import BertForPreTraining
 
@@ -149,6 +150,7 @@ def test_pretraining_run_round_trips_through_transformers(runs, shared_data, tmp
     np.testing.assert_allclose(theirs.seq_relationship_logits.numpy(), ours["nsp_logits"], atol=LOGITS_ATOL, rtol=0)
 
 
+@pytest.mark.slow
 def test_classifier_round_trips_with_its_label_names(runs, shared_data, tmp_path):
     from bert_jax.modeling.models import BertForSequenceClassification
 
@@ -169,6 +171,7 @@ def test_classifier_round_trips_with_its_label_names(runs, shared_data, tmp_path
     np.testing.assert_allclose(theirs, ours["logits"], atol=LOGITS_ATOL, rtol=0)
 
 
+@pytest.mark.slow
 def test_ner_tagger_round_trips_with_its_tags(runs, shared_data, tmp_path):
     from bert_jax.modeling.models import BertForTokenClassification
 
