@@ -237,3 +237,23 @@ def test_convert_without_a_vocab_refuses_hf_export(tmp_path, capsys):
     assert convert.main(["--input", str(tmp_path / "native"), "--output", str(tmp_path / "hf"), "--to", "hf",
                          "--no_tokenizer"]) == 0
     assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_hf_to_hf_keeps_casing_labels_and_the_token_head(shared_data, tmp_path):
+    """A transformers-written cased BertForTokenClassification with named tags, through convert --to hf:
+    casing from its tokenizer_config.json, id2label and the head class survive."""
+    import shutil
+
+    torch.manual_seed(0)
+    tags = {0: "O", 1: "B-loc", 2: "I-loc"}
+    source = tmp_path / "source"
+    transformers.BertForTokenClassification(transformers.BertConfig(
+        vocab_size=28996, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=64, id2label=tags, label2id={v: k for k, v in tags.items()})).save_pretrained(source)
+    shutil.copy(shared_data / "vocab" / "bert-base-cased-vocab.reconstructed.txt", source / "vocab.txt")
+    (source / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}))
+    out = _export(source, tmp_path / "out")
+    model = transformers.AutoModelForTokenClassification.from_pretrained(out)
+    assert type(model).__name__ == "BertForTokenClassification" and model.config.id2label == tags
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert tok.tokenize("Paris") == ["Paris"]
