@@ -289,7 +289,7 @@ def main(argv=None) -> int:
 
     heldout_text = write_heldout_text(REPO / "data/quickstart/sentiment_dev.tsv", work / "heldout.txt")
     heldout = work / "heldout_instances"
-    _run("6/5 held-out pretraining instances (the dev reviews, same vocabulary and masking recipe)",
+    _run("held-out pretraining instances for the MLM comparison (the dev reviews, same vocabulary and recipe)",
          [python, "-m", "data_pipelines.create_pretraining_data", "--input_file", str(heldout_text),
           "--output_dir", str(heldout), "--vocab_file", str(spm_model),
           "--max_seq_length", str(budget.max_seq_length),
