@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from bert_jax.checkpoints import names, tensors, validation
+from bert_jax.checkpoints import names, staging, tensors, validation
 from bert_jax.checkpoints.validation import CheckpointError
 from bert_jax.config import BertConfig
 
@@ -103,7 +103,6 @@ def save(flat: dict[str, Any], config: BertConfig, directory: str, vocab_file: s
     """
     import json
     import shutil
-    import tempfile
 
     google_dict = config.to_google_dict()
     if vocab_file is not None:
@@ -118,31 +117,14 @@ def save(flat: dict[str, Any], config: BertConfig, directory: str, vocab_file: s
         import tensorflow as tf
     except ImportError:
         raise CheckpointError("writing a Google TF checkpoint needs tensorflow (pip install tensorflow-cpu)") from None
-    directory = os.path.abspath(directory)
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.tmp-", dir=parent)
-    try:
-        with open(os.path.join(staging, CONFIG_FILE), "w", encoding="utf-8") as f:
+    with staging.staged_directory(directory, stale=(DEFAULT_PREFIX + ".*", VOCAB_FILE)) as staged:
+        with open(os.path.join(staged, CONFIG_FILE), "w", encoding="utf-8") as f:
             json.dump(google_dict, f, indent=2, sort_keys=True)
             f.write("\n")
         names_sorted = sorted(state)
         with tf.device("/cpu:0"):
-            tf.raw_ops.SaveV2(prefix=os.path.join(staging, DEFAULT_PREFIX), tensor_names=names_sorted,
+            tf.raw_ops.SaveV2(prefix=os.path.join(staged, DEFAULT_PREFIX), tensor_names=names_sorted,
                               shape_and_slices=[""] * len(names_sorted),
                               tensors=[tf.constant(state[n], tf.float32) for n in names_sorted])
         if vocab_file is not None:
-            shutil.copyfile(vocab_file, os.path.join(staging, VOCAB_FILE))
-        if not os.path.exists(directory):
-            os.replace(staging, directory)
-            return
-        if not os.path.isdir(directory):
-            raise CheckpointError(f"cannot export to {directory}: it exists and is not a directory")
-        for old in glob.glob(os.path.join(directory, DEFAULT_PREFIX + ".*")):
-            os.remove(old)  # shards of an earlier export
-        if vocab_file is None and os.path.isfile(os.path.join(directory, VOCAB_FILE)):
-            os.remove(os.path.join(directory, VOCAB_FILE))
-        for name in os.listdir(staging):
-            os.replace(os.path.join(staging, name), os.path.join(directory, name))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            shutil.copyfile(vocab_file, os.path.join(staged, VOCAB_FILE))

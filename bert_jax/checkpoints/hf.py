@@ -13,13 +13,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import tempfile
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from bert_jax.checkpoints import hf_tokenizer, names, tensors, validation
+from bert_jax.checkpoints import hf_tokenizer, names, staging, tensors, validation
 from bert_jax.checkpoints.validation import CheckpointError
 from bert_jax.config import BertConfig
 
@@ -232,28 +230,11 @@ def save(flat: Mapping[str, Any], config: BertConfig, directory: str, vocab_file
         tokenizer_files = hf_tokenizer.build(vocab_file, lowercase, config.vocab_size, config.max_position_embeddings)
     config_text = json.dumps(hf_dict, indent=2, sort_keys=True) + "\n"
 
-    directory = os.path.abspath(directory)
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.tmp-", dir=parent)
-    try:
-        with open(os.path.join(staging, CONFIG_FILE), "w", encoding="utf-8") as f:
+    with staging.staged_directory(directory, stale=(*hf_tokenizer.FILES, "spm.model", *WEIGHT_FILES)) as staged:
+        with open(os.path.join(staged, CONFIG_FILE), "w", encoding="utf-8") as f:
             f.write(config_text)
         # transformers refuses safetensors files without format metadata.
-        save_file(state, os.path.join(staging, SAFETENSORS_FILE), metadata={"format": "pt"})
+        save_file(state, os.path.join(staged, SAFETENSORS_FILE), metadata={"format": "pt"})
         for name, text in tokenizer_files.items():
-            with open(os.path.join(staging, name), "w", encoding="utf-8") as f:
+            with open(os.path.join(staged, name), "w", encoding="utf-8") as f:
                 f.write(text)
-        if not os.path.exists(directory):
-            os.replace(staging, directory)
-            return
-        if not os.path.isdir(directory):
-            raise CheckpointError(f"cannot export to {directory}: it exists and is not a directory")
-        written = set(os.listdir(staging))
-        for name in (*hf_tokenizer.FILES, "spm.model", *WEIGHT_FILES):
-            if name not in written and os.path.isfile(os.path.join(directory, name)):
-                os.remove(os.path.join(directory, name))  # stale files of an earlier export
-        for name in written:
-            os.replace(os.path.join(staging, name), os.path.join(directory, name))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
