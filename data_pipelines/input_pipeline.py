@@ -178,7 +178,8 @@ class _TFRecordReader:
                 self._files[f] = epath.Path(self.paths[f]).open("rb")
             return self._files[f]
 
-    def read(self, file_of: np.ndarray, record_of: np.ndarray) -> list[bytes]:
+    def read(self, indices: np.ndarray, file_of: np.ndarray, record_of: np.ndarray) -> list[bytes]:
+        del indices  # located by (file, record)
         out = []
         for f, k in zip(file_of.tolist(), record_of.tolist()):
             handle = self._file(f)
@@ -215,12 +216,9 @@ class _ArrayRecordReader:
             reader.close()
         return counts
 
-    def read(self, file_of: np.ndarray, record_of: np.ndarray) -> list[bytes]:
-        return self._source.__getitems__(self._global_indices(file_of, record_of))
-
-    def _global_indices(self, file_of, record_of) -> list[int]:
-        starts = np.concatenate([[0], np.cumsum(self.counts)])
-        return (starts[file_of] + record_of).tolist()
+    def read(self, indices: np.ndarray, file_of: np.ndarray, record_of: np.ndarray) -> list[bytes]:
+        del file_of, record_of  # grain indexes the files' records globally, in the same order
+        return self._source.__getitems__(indices.tolist())
 
     def close(self):
         pass
@@ -267,7 +265,7 @@ class ExampleFileSource:
         """Parsed features of the given records: [n, length] arrays (int32, weights float32)."""
         indices = np.asarray(indices, np.int64)
         file_of = np.searchsorted(self._starts, indices, side="right") - 1
-        serialized = self._reader.read(file_of, indices - self._starts[file_of])
+        serialized = self._reader.read(indices, file_of, indices - self._starts[file_of])
         try:
             parsed = self._tf.io.parse_example(serialized, self._spec)
         except self._tf.errors.InvalidArgumentError as error:

@@ -27,7 +27,7 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 TORCH_FILE = "pytorch_model.bin"
 TORCH_INDEX = "pytorch_model.bin.index.json"
 WEIGHT_FILES = (SAFETENSORS_FILE, SAFETENSORS_INDEX, TORCH_FILE, TORCH_INDEX)
-VOCAB_FILE = "vocab.txt"
+VOCAB_FILE = hf_tokenizer.VOCAB_FILE
 
 
 def is_hf_dir(path: str) -> bool:

@@ -111,10 +111,9 @@ def _data_record(input_files: str) -> tuple[str | None, bool | None, str | None]
         for name in DATA_RECORD_FILES:
             path = epath.Path(directory) / name
             if path.is_file():
-                data = _read_json(path)
-                plan = data.get("plan", data)  # recipe.json nests the plan
-                vocab = data.get("vocab_file") or plan.get("vocab_file")
-                lower = data.get("do_lower_case", plan.get("do_lower_case"))
+                data = _read_json(path)  # both hold do_lower_case; only metadata.json the vocab's path
+                vocab = data.get("vocab_file")
+                lower = data.get("do_lower_case")
                 return vocab or None, lower if isinstance(lower, bool) else None, os.fspath(path)
     return None, None, None
 
@@ -168,7 +167,7 @@ def export_info(workdir: str) -> dict[str, Any]:
         labels = (config.get("task") or {}).get("labels")
         if isinstance(labels, str) and labels:
             label_names = labels.split(",")
-            sources.append(f"label names from config.task.labels")
+            sources.append("label names from config.task.labels")
     if architecture not in ("BertForSequenceClassification", "BertForTokenClassification",
                             "BertForQuestionAnswering", "BertForPreTraining", "BertForMaskedLM"):
         architecture = None  # the params' keys decide
