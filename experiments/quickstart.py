@@ -259,13 +259,17 @@ def main(argv=None) -> int:
          [python, "-m", "data_pipelines.train_vocab", "--input", str(corpus), "--vocab_size", str(budget.vocab_size),
           "--model_type", "unigram", "--output", str(spm_prefix)], spm_model)
 
+    def create_instances(text, output_dir, *flags):
+        """create_pretraining_data with the budget's lengths and vocabulary; done when metadata.json exists."""
+        return ([python, "-m", "data_pipelines.create_pretraining_data", "--input_file", str(text),
+                 "--output_dir", str(output_dir), "--vocab_file", str(spm_model),
+                 "--max_seq_length", str(budget.max_seq_length),
+                 "--max_predictions_per_seq", str(budget.max_predictions_per_seq), *flags],
+                output_dir / "metadata.json")
+
     instances = work / "instances"
     _run("2/5 create pretraining instances (MLM + NSP)",
-         [python, "-m", "data_pipelines.create_pretraining_data", "--input_file", str(corpus),
-          "--output_dir", str(instances), "--vocab_file", str(spm_model),
-          "--max_seq_length", str(budget.max_seq_length),
-          "--max_predictions_per_seq", str(budget.max_predictions_per_seq),
-          "--dupe_factor", str(budget.dupe_factor)], instances / "metadata.json")
+         *create_instances(corpus, instances, "--dupe_factor", str(budget.dupe_factor)))
 
     pretrain_dir = work / "pretrain"
     _run("3/5 pretrain a tiny BERT",
@@ -290,11 +294,7 @@ def main(argv=None) -> int:
     heldout_text = write_heldout_text(REPO / "data/quickstart/sentiment_dev.tsv", work / "heldout.txt")
     heldout = work / "heldout_instances"
     _run("held-out pretraining instances for the MLM comparison (the dev reviews, same vocabulary and recipe)",
-         [python, "-m", "data_pipelines.create_pretraining_data", "--input_file", str(heldout_text),
-          "--output_dir", str(heldout), "--vocab_file", str(spm_model),
-          "--max_seq_length", str(budget.max_seq_length),
-          "--max_predictions_per_seq", str(budget.max_predictions_per_seq),
-          "--dupe_factor", "1", "--random_seed", "7"], heldout / "metadata.json")
+         *create_instances(heldout_text, heldout, "--dupe_factor", "1", "--random_seed", "7"))
     cmd = [python, str(REPO / "benchmarks/mlm_eval.py"), "--instances", f"{heldout}/*.array_record",
            "--limit", "2048", str(pretrain_dir), str(random_dir)]
     print(f"\n== held-out masked-LM loss\n$ {shlex.join(cmd)}", flush=True)
