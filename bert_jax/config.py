@@ -142,6 +142,11 @@ class BertConfig:
     # False: post-LN as in BERT. True: x + f(LN(x)) in every sublayer and a final LayerNorm
     # after the stack (Xiong et al. 2020; the embedding LayerNorm stays, as in Megatron-BERT).
     pre_layer_norm: bool = False
+    # False: bidirectional self-attention, as in BERT. True: position t attends to positions
+    # <= t only (left-to-right, GPT; the paper's "LTR" rows of Table 5), in pretraining and in
+    # fine-tuning alike, and the pooler reads the last real token (the only one that has seen
+    # the whole input) instead of [CLS].
+    causal_attention: bool = False
     scan_layers: bool = False  # True: nn.scan over one stacked layer (faster compile)
     remat: str = "none"  # see REMAT_POLICIES
     dtype: str = "float32"  # compute dtype of activations
@@ -187,7 +192,7 @@ class BertConfig:
         _check_choice("param_dtype", self.param_dtype, PARAM_DTYPES)
         _check_choice("remat", self.remat, REMAT_POLICIES)
         _check_choice("attention_implementation", self.attention_implementation, ATTENTION_IMPLEMENTATIONS)
-        for name in ("pre_layer_norm", "scan_layers"):
+        for name in ("pre_layer_norm", "causal_attention", "scan_layers"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"BertConfig.{name} must be true or false, found {getattr(self, name)!r}")
 
@@ -300,6 +305,9 @@ class BertConfig:
     def _check_exportable(self, what: str) -> None:
         if self.pre_layer_norm:
             raise ConfigError(f"a pre_layer_norm=True model cannot be written as a {what}: that format means post-LN BERT")
+        if self.causal_attention:
+            raise ConfigError(f"a causal_attention=True model cannot be written as a {what}: that format means "
+                              "bidirectional BERT with a [CLS] pooler")
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "BertConfig":

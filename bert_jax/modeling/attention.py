@@ -21,12 +21,15 @@ from bert_jax.modeling.dropout import Dropout
 def make_attention_mask(
     attention_mask: jax.Array | None,  # [batch, length] 1 = real token, 0 = padding
     packed_segment_ids: jax.Array | None,  # [batch, length] equal ids attend; 0 = padding
+    causal: bool = False,
+    length: int | None = None,  # the sequence length; needed only when causal and both are None
 ) -> jax.Array | None:
     """Boolean mask broadcastable to [batch, heads, query, key]; True = may attend.
 
     Padding only: [batch, 1, 1, key] (keys are masked; padded queries still attend to the
     real tokens, as in BERT, and their outputs are ignored). Packing: [batch, 1, query, key],
-    block-diagonal by segment id, with id 0 never attended to.
+    block-diagonal by segment id, with id 0 never attended to. Causal: query t also sees only
+    keys <= t ([1|batch, 1, query, key]).
     """
     mask = None
     if attention_mask is not None:
@@ -35,6 +38,11 @@ def make_attention_mask(
         seg = packed_segment_ids
         same = (seg[:, None, :, None] == seg[:, None, None, :]) & (seg != 0)[:, None, None, :]
         mask = same if mask is None else (mask & same)
+    if causal:
+        if length is None:
+            length = (attention_mask if attention_mask is not None else packed_segment_ids).shape[1]
+        lower = jnp.tril(jnp.ones((length, length), jnp.bool_))[None, None]
+        mask = lower if mask is None else (mask & lower)
     return mask
 
 

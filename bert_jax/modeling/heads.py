@@ -11,7 +11,8 @@ from bert_jax.modeling.common import activation, compute_dtype, dense, layer_nor
 
 
 class BertPooler(nn.Module):
-    """tanh(dense(sequence[:, 0])) -> [batch, embed] (bert/pooler/dense)."""
+    """tanh(dense(rows[:, 0])) -> [batch, embed] (bert/pooler/dense); the caller puts the row
+    to pool first ([CLS], or the last real token of a causal model)."""
 
     config: BertConfig
 

@@ -40,11 +40,25 @@ def _check_positions(name: str, positions, input_ids) -> None:
         raise ValueError(f"{name} must be [batch, P] with batch {input_ids.shape[0]}, found {tuple(positions.shape)}")
 
 
+def _pool_position(config: BertConfig, input_ids, attention_mask, packed_segment_ids) -> jax.Array:
+    """[batch, 1] the row the pooler reads: [CLS] (0), or with causal attention the last real
+    token, the only one whose output has seen the whole input."""
+    batch, length = input_ids.shape
+    if not config.causal_attention:
+        return jnp.zeros((batch, 1), jnp.int32)
+    real = attention_mask if attention_mask is not None else packed_segment_ids
+    if real is None:
+        return jnp.full((batch, 1), length - 1, jnp.int32)
+    last = jnp.max(jnp.where(real != 0, jnp.arange(length, dtype=jnp.int32), 0), axis=-1)
+    return last[:, None]
+
+
 class BertModel(nn.Module):
     """-> {"sequence_output": [batch, length, embed], "pooled_output": [batch, embed]}.
 
     With `output_positions` [batch, Q], sequence_output is [batch, Q, embed] at those positions
-    and the last layer computes only them and [CLS] (which the pooler reads).
+    and the last layer computes only them and the row the pooler reads ([CLS]; with causal
+    attention the last real token).
     """
 
     config: BertConfig
@@ -75,13 +89,17 @@ class BertModel(nn.Module):
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
-        mask = make_attention_mask(attention_mask, packed_segment_ids)
+        mask = make_attention_mask(attention_mask, packed_segment_ids, self.config.causal_attention, input_ids.shape[1])
+        pool_position = _pool_position(self.config, input_ids, attention_mask, packed_segment_ids)  # [batch, 1]
         if output_positions is None:
             sequence_output = self.encoder(x, mask, deterministic)
-            return {"sequence_output": sequence_output, "pooled_output": self.pooler(sequence_output)}
+            pool_rows = sequence_output  # the pooler reads row 0
+            if self.config.causal_attention:
+                pool_rows = jnp.take_along_axis(sequence_output, pool_position[:, :, None], axis=1)
+            return {"sequence_output": sequence_output, "pooled_output": self.pooler(pool_rows)}
         _check_positions("output_positions", output_positions, input_ids)
-        cls_first = jnp.concatenate([jnp.zeros_like(output_positions[:, :1]), output_positions], axis=1)
-        rows = self.encoder(x, mask, deterministic, cls_first)  # [batch, 1 + Q, embed]
+        pool_first = jnp.concatenate([pool_position.astype(output_positions.dtype), output_positions], axis=1)
+        rows = self.encoder(x, mask, deterministic, pool_first)  # [batch, 1 + Q, embed]
         return {"sequence_output": rows[:, 1:], "pooled_output": self.pooler(rows)}
 
     def word_embedding_table(self) -> jax.Array:
