@@ -56,6 +56,9 @@ Data config fields (`default_data_config()`; defaults are the BERT paper's value
   next_sentence_prediction True; False for RoBERTa-style training (required by packing)
   dynamic_masking          False = the masks in the files (static, Google); True = a new mask
                            every epoch, a function of (seed, epoch, record index) (RoBERTa)
+  unmasked                 False; True = the tokens as written, with no masked positions, for
+                           an objective that makes its own targets (the left-to-right LM); the
+                           files must be written unmasked (create_pretraining_data --no_masking)
   masked_lm_prob           0.15 (0.3 for MosaicBERT); dynamic masking only
   mask_token_prob, random_token_prob   0.8, 0.1; dynamic masking only
   whole_word_masking       False; dynamic masking only (needs vocab_file)
@@ -102,6 +105,7 @@ def default_data_config() -> ml_collections.ConfigDict:
         "max_predictions_per_seq": 20,
         "next_sentence_prediction": True,
         "dynamic_masking": False,
+        "unmasked": False,
         "masked_lm_prob": masking.MASKED_LM_PROB,
         "mask_token_prob": masking.MASK_TOKEN_PROB,
         "random_token_prob": masking.RANDOM_TOKEN_PROB,
@@ -129,6 +133,9 @@ def resolve_data_config(data_config: Any) -> ml_collections.ConfigDict:
     if config.packing and config.next_sentence_prediction:
         raise ValueError("packing=True puts several examples in one row, which then has no single "
                          "next_sentence_label: set next_sentence_prediction=False (RoBERTa-style) or packing=False")
+    if config.unmasked and config.dynamic_masking:
+        raise ValueError("unmasked=True reads the tokens with no masks, dynamic_masking=True masks them at load "
+                         "time: set one of them")
     if not config.dynamic_masking:
         defaults = default_data_config()
         changed = [k for k in ("masked_lm_prob", "mask_token_prob", "random_token_prob", "whole_word_masking",
@@ -444,12 +451,18 @@ class PretrainingBatchIterator:
         self._order = order.repeat(None)[process_index::process_count]
         self._masker = make_dynamic_masker(config, self._seed) if config.dynamic_masking else None
         if self._masker is None:
-            # Unmasked rows (create_pretraining_data --no_masking) would train on an MLM loss of 0.
+            # Unmasked rows (create_pretraining_data --no_masking) would train on an MLM loss of 0;
+            # masked rows read as `unmasked` would feed [MASK] tokens to an LM as its input.
             probe = source.read(np.arange(min(16, self.num_examples)))
-            if not (probe["masked_lm_weights"] > 0).any():
+            if config.unmasked and (probe["masked_lm_weights"] > 0).any():
+                raise ValueError(f"{getattr(source, 'name', 'input')}: data.unmasked=True, but the records have "
+                                 "static masks ([MASK] and random tokens in input_ids): write them with "
+                                 "create_pretraining_data --no_masking")
+            if not config.unmasked and not (probe["masked_lm_weights"] > 0).any():
                 raise ValueError(f"{getattr(source, 'name', 'input')}: the first {len(probe['input_ids'])} records "
                                  "have no masked positions (written unmasked, for dynamic masking): set "
-                                 "dynamic_masking=True and vocab_file, or write the files with static masks")
+                                 "dynamic_masking=True and vocab_file, or write the files with static masks "
+                                 "(or set unmasked=True for the left-to-right LM objective)")
         self._position = 0  # of this process's stream: examples handed out in yielded batches
         self._cache: Optional[tuple[int, dict[str, np.ndarray]]] = None  # packing look-ahead
         self._prefetcher: Optional[_Prefetcher] = None

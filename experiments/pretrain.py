@@ -49,6 +49,7 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
     config.data.max_predictions_per_seq = max_predictions
     config.task = ml_collections.ConfigDict(dict(
         name="pretraining",
+        objective="masked_lm",  # or "next_token": the left-to-right LM (with model.causal_attention)
         synthetic_data="synthetic" in options,
         eval_input_files="",  # held-out ArrayRecord or TFRecord files ("" = no evaluation)
         num_eval_batches=20,

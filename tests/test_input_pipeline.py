@@ -495,12 +495,19 @@ def test_reads_create_pretraining_data_output(corpus_files):
                                       if key == "next_sentence_labels" else value[:len(got[key])], err_msg=key)
 
 
-@pytest.mark.parametrize("rate,count_specials", [(0.15, True), (0.30, False)])
-def test_dynamic_masking_statistics_on_corpus_instances(corpus_files, rate, count_specials):
+# (masked_lm_prob, count_specials, MASK, RND): the paper's recipe, MosaicBERT's 30%, and the
+# corners of the paper's Table 8 (MASK/SAME/RND 100/0/0, 0/0/100, 80/0/20, 0/20/80).
+MASKING_CASES = [(0.15, True, 0.8, 0.1), (0.30, False, 0.8, 0.1), (0.15, True, 1.0, 0.0), (0.15, True, 0.0, 1.0),
+                 (0.15, True, 0.8, 0.2), (0.15, True, 0.0, 0.8)]
+
+
+@pytest.mark.parametrize("rate,count_specials,mask_prob,random_prob", MASKING_CASES)
+def test_dynamic_masking_statistics_on_corpus_instances(corpus_files, rate, count_specials, mask_prob, random_prob):
     """Masking at load time, measured on real instances (unmasked files) over two epochs."""
     config = _config({"files": corpus_files["unmasked"], "vocab": corpus_files["vocab"]}, max_seq_length=128,
                      max_predictions_per_seq=40, dynamic_masking=True, masked_lm_prob=rate,
-                     mask_count_includes_specials=count_specials)
+                     mask_count_includes_specials=count_specials, mask_token_prob=mask_prob,
+                     random_token_prob=random_prob)
     it = make_pretraining_iterator(config, 64, seed=1)
     n = it.num_examples
     batches = [next(it) for _ in range(2 * n // 64)]
@@ -520,7 +527,35 @@ def test_dynamic_masking_statistics_on_corpus_instances(corpus_files, rate, coun
           f"[MASK] {masked / predictions:.4f}, kept {kept / predictions:.4f}, "
           f"random {1 - (masked + kept) / predictions:.4f} over {predictions} predictions")
     assert abs(predictions / candidates - rate) < 0.005
-    assert abs(masked / predictions - 0.8) < 0.01 and abs(kept / predictions - 0.1) < 0.01
+    # A random id is drawn from the whole vocab (Google's rule), so it is the original token or
+    # [MASK] with probability ~1/30522 each: "kept" is SAME + ~0 and "[MASK]" is MASK + ~0.
+    same = 1.0 - mask_prob - random_prob
+    assert abs(masked / predictions - mask_prob) < 0.01 and abs(kept / predictions - same) < 0.01
+    if mask_prob == 0.0:
+        assert masked / predictions < 0.001
+    if same == 0.0:
+        assert kept / predictions < 0.001
+
+
+def test_unmasked_reads_the_tokens_as_written(corpus_files):
+    """data.unmasked (the next-token objective's input): rows as in the files, no masks; static
+    files and dynamic masking are refused with the reason."""
+    from data_pipelines.tfrecord_io import read_pretraining_arrays
+
+    expected = read_pretraining_arrays(corpus_files["unmasked"])
+    config = _config({"files": corpus_files["unmasked"], "vocab": corpus_files["vocab"]}, max_seq_length=128,
+                     max_predictions_per_seq=40, shuffle=False, unmasked=True)
+    batch = next(make_pretraining_iterator(config, 32, seed=0))
+    np.testing.assert_array_equal(batch["input_ids"], expected["input_ids"][:32])
+    assert not (batch["masked_lm_weights"] > 0).any() and not (batch["input_ids"] == 103).any()
+    static = _config({"files": corpus_files["static"], "vocab": corpus_files["vocab"]}, max_seq_length=128,
+                     max_predictions_per_seq=40, unmasked=True)
+    with pytest.raises(ValueError, match=r"part-00000-of-00001.array_record: data.unmasked=True, but the records "
+                                         r"have static masks.*--no_masking"):
+        make_pretraining_iterator(static, 8, seed=0)
+    with pytest.raises(ValueError, match="unmasked=True reads the tokens with no masks"):
+        make_pretraining_iterator(_config({"files": corpus_files["unmasked"], "vocab": corpus_files["vocab"]},
+                                          unmasked=True, dynamic_masking=True), 8, seed=0)
 
 
 def test_unmasked_files_need_dynamic_masking(corpus_files):

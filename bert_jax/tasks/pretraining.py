@@ -6,11 +6,17 @@ collapses). As in google-research/bert `run_pretraining.py`:
   nsp_loss = mean over examples of -log p(next_sentence_label)
   loss     = mlm_loss + nsp_loss   (nsp_loss left out without NSP, RoBERTa-style)
 
+`config.task.objective="next_token"` is the paper's left-to-right LM (Table 5 "LTR", GPT): the
+same loss with every position t predicting token t + 1 (weight 1 where t + 1 is a real token of
+the same packed segment), through the same tied output layer; its metrics are `lm_loss` and
+`lm_accuracy`. It needs a causal model (`model.causal_attention=True`; a bidirectional one would
+see its targets) and unmasked rows (`data.unmasked=True`).
+
 NSP follows `config.data.next_sentence_prediction`; sequence length and predictions per
 sequence come from `config.data` too. Config fields (`config.task`): name="pretraining",
-synthetic_data=False (random-token batches, for benchmarks and trainer tests),
-eval_input_files ("" = no evaluation; held-out TFRecords in the format of config.data),
-num_eval_batches (held-out batches per evaluation).
+objective ("masked_lm" as in BERT, or "next_token"), synthetic_data=False (random-token batches,
+for benchmarks and trainer tests), eval_input_files ("" = no evaluation; held-out files in the
+format of config.data), num_eval_batches (held-out batches per evaluation).
 """
 
 from __future__ import annotations
@@ -30,6 +36,25 @@ _MODEL_INPUTS = {
     "position_ids": "position_ids",
     "packed_segment_ids": "packed_segment_ids",
 }
+
+
+OBJECTIVES = ("masked_lm", "next_token")
+
+
+def next_token_targets(batch) -> dict[str, Any]:
+    """The batch with masked_lm_* [batch, length - 1] replaced by the next-token targets:
+    position t predicts input_ids[t + 1], weighted 1 where that is a real token of t's segment."""
+    import jax.numpy as jnp
+
+    ids = batch["input_ids"]
+    batch_size, length = ids.shape
+    real = batch["packed_segment_ids"] if "packed_segment_ids" in batch else batch["input_mask"]
+    weights = real[:, 1:] != 0
+    if "packed_segment_ids" in batch:
+        weights &= real[:, 1:] == real[:, :-1]
+    positions = jnp.broadcast_to(jnp.arange(length - 1, dtype=jnp.int32), (batch_size, length - 1))
+    return {**batch, "masked_lm_positions": positions, "masked_lm_ids": ids[:, 1:],
+            "masked_lm_weights": weights.astype(jnp.float32)}
 
 
 def model_inputs(batch) -> dict[str, Any]:
@@ -110,12 +135,24 @@ class SyntheticPretrainingIterator:
 
 
 class PretrainingTask(Task):
-    main_metric = "mlm_accuracy"
     higher_is_better = True
 
     def __init__(self, config):
         self.config = config
         self.nsp = bool(config.data.next_sentence_prediction)
+        self.objective = config.task.get("objective", "masked_lm")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"config.task.objective={self.objective!r}: expected one of {OBJECTIVES}")
+        self.next_token = self.objective == "next_token"
+        unmasked = bool(config.data.get("unmasked", False))
+        if self.next_token and not config.model.causal_attention:
+            raise ValueError("config.task.objective='next_token' needs config.model.causal_attention=True: "
+                             "a bidirectional model sees the token it is asked to predict")
+        if self.next_token != unmasked and not config.task.synthetic_data:
+            raise ValueError(f"config.task.objective={self.objective!r} with config.data.unmasked={unmasked}: the "
+                             "next_token objective reads unmasked rows (unmasked=True) and masked_lm reads "
+                             "masked ones (unmasked=False)")
+        self.main_metric = "lm_accuracy" if self.next_token else "mlm_accuracy"
 
     def make_model(self, bert_config):
         from bert_jax.modeling.models import BertForPreTraining
@@ -153,27 +190,38 @@ class PretrainingTask(Task):
             iterator.close()
         return batches
 
+    def _targets(self, batch):
+        return next_token_targets(batch) if self.next_token else batch
+
     def _outputs(self, model, params, batch, deterministic, dropout_rng=None):
         rngs = None if deterministic else {"dropout": dropout_rng}
         return model.apply({"params": params}, **model_inputs(batch), deterministic=deterministic,
                            masked_positions=batch["masked_lm_positions"], rngs=rngs)
 
+    def _named(self, metrics: dict) -> dict:
+        """mlm_* -> lm_* for the next-token objective (its loss is not a masked-LM loss)."""
+        if not self.next_token:
+            return metrics
+        return {("lm_" + k[4:] if k.startswith("mlm_") else k): v for k, v in metrics.items()}
+
     def loss_and_metrics(self, model, params, batch, dropout_rng):
         import jax.numpy as jnp
+        batch = self._targets(batch)
         outputs = self._outputs(model, params, batch, deterministic=False, dropout_rng=dropout_rng)
         stats = pretraining_statistics(outputs, batch, self.nsp)
         weight = batch.get("example_weight", jnp.ones(batch["input_ids"].shape[0], jnp.float32))
         metrics = losses_from_statistics(stats, weight, jnp)
-        return metrics["loss"], metrics
+        return metrics["loss"], self._named(metrics)
 
     def predict(self, model, params, batch):
+        batch = self._targets(batch)
         outputs = self._outputs(model, params, batch, deterministic=True)
         return pretraining_statistics(outputs, batch, self.nsp)
 
     def evaluate(self, predictions, batches) -> dict[str, float]:
         stats = {k: np.concatenate([p[k] for p in predictions]) for k in predictions[0]}
         weight = np.concatenate([b["example_weight"] for b in batches]).astype(np.float64)
-        return {k: float(v) for k, v in losses_from_statistics(stats, weight, np).items()}
+        return self._named({k: float(v) for k, v in losses_from_statistics(stats, weight, np).items()})
 
 
 def make_pretraining_task(config) -> PretrainingTask:
