@@ -1,10 +1,13 @@
 """Run an ablation: every variant (x seed) pretrains, then fine-tunes, in its own sub-workdir.
 
     python -m bert_jax.sweep experiments/ablations/nsp.py --workdir DIR [--parallel N] [--print_commands]
+    python -m bert_jax.sweep experiments/ablations/paper_table8.py:paper --workdir DIR --variants a,b
     python -m bert_jax.sweep --grid experiments/finetune_glue.py:mrpc --workdir DIR --set init_from=PATH
 
-The second form searches the fine-tuning grid of the experiment's `config.sweep` (the paper's
-lr {5e-5, 3e-5, 2e-5} x batch {16, 32} x epochs {2, 3, 4}) and names the best dev result.
+The second form passes an argument to the file's `get_sweep(arg)` (the paper-table files take a
+budget, "cpu" or "paper") and runs only the named variants. The third searches the fine-tuning
+grid of the experiment's `config.sweep` (the paper's lr {5e-5, 3e-5, 2e-5} x batch {16, 32} x
+epochs {2, 3, 4}) and names the best dev result.
 
 An ablation file defines `get_sweep()` returning a dict:
 
@@ -18,6 +21,26 @@ An ablation file defines `get_sweep()` returning a dict:
       "seeds": [0, 1],                                       # optional; default [0]
     }
 
+Several downstream tasks instead of one: "evaluations" replaces "finetune"/"finetune_common",
+one fine-tuning stage (and one table column) each:
+
+      "evaluations": {"sentiment": {"config": "experiments/finetune_tsv.py:rotten_tomatoes",
+                                    "overrides": {...}}, "ner": {...}},
+
+A variant is either a dict of pretraining overrides, or {"pretrain": {...}, "finetune": {...},
+"evaluations": {name: {...}}} with overrides for its fine-tuning runs too (all of them, or one
+evaluation's). Variants whose pretraining overrides are equal share one pretraining run (the
+first one's workdir), e.g. "LTR" and "LTR + BiLSTM", which differ only in fine-tuning.
+
+"paper" (optional) puts the paper's numbers beside ours in a table of the paper's shape:
+
+      "paper": {"title": ..., "citation": ..., "columns": ["MRPC", "SST-2", ...],
+                "rows": {variant: ["the paper's row label", 86.7, 92.7, ...]},
+                "ours": {"SST-2": "sentiment/accuracy", "LM (ppl)": "exp:pretrain/mlm_loss"}}
+
+"ours" names, for a paper column, the column of our metrics table that stands in for it (shown
+x100, as the paper's percentages; "exp:" shows exp of a loss, a perplexity).
+
 `prepare` lists data to build once for all variants: each entry is `python -m <args>`, with
 `{out}` replaced by `DIR/data/<name>`; overrides may name that data as `{data}/<name>/...`.
 Environment variables in commands and overrides (`$BERT_JAX_DATA`) are expanded.
@@ -28,7 +51,8 @@ for a cluster scheduler instead. A stage whose workdir already holds `results.js
 skipped, so rerunning a killed sweep continues where it stopped.
 
 Outputs in --workdir: `results.md` and `results.csv` (one row per variant, mean ± std over
-seeds), `pretrain_loss.png` and `finetune_eval.png` (one line per variant).
+seeds), with "paper": `paper_table.csv` and the paper-shaped table first in results.md;
+`pretrain_loss.png` and `<evaluation>_eval.png` (one line per variant and seed).
 """
 
 from __future__ import annotations
@@ -46,17 +70,22 @@ import pathlib
 import shlex
 import subprocess
 import sys
+import threading
 from typing import Any
 
 RESULTS_FILE = "results.json"
 METRICS_FILE = "metrics.jsonl"
+PRETRAIN = "pretrain"
+SWEEP_KEYS = {"prepare", "pretrain", "finetune", "common", "finetune_common", "evaluations", "variants", "seeds",
+              "paper"}
+VARIANT_PARTS = {"pretrain", "finetune", "evaluations"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
     """One `bert_jax.main` invocation."""
 
-    name: str  # "pretrain" or "finetune"
+    name: str  # "pretrain", or the evaluation's name ("finetune" when there is one)
     config: str
     workdir: pathlib.Path
     overrides: dict[str, Any]
@@ -69,6 +98,10 @@ class Stage:
     @property
     def done(self) -> bool:
         return (self.workdir / RESULTS_FILE).exists()
+
+    @property
+    def is_pretrain(self) -> bool:
+        return self.name == PRETRAIN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,18 +131,82 @@ def _import_file(path: str, kind: str):
 
 
 def load_sweep(path: str) -> dict[str, Any]:
-    """Imports an ablation file and checks the fields of its `get_sweep()`."""
-    module = _import_file(path, "ablation")
+    """Imports an ablation file (`FILE.py` or `FILE.py:ARG`, ARG passed to get_sweep) and checks
+    the fields of its `get_sweep()`."""
+    file, _, arg = path.partition(":")
+    module = _import_file(file, "ablation")
     if not hasattr(module, "get_sweep"):
-        raise ValueError(f"{path}: an ablation file must define get_sweep()")
-    sweep = module.get_sweep()
-    allowed = {"prepare", "pretrain", "finetune", "common", "finetune_common", "variants", "seeds"}
-    unknown = set(sweep) - allowed
-    if unknown:
-        raise ValueError(f"{path}: get_sweep() has unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
-    if not (sweep.get("pretrain") or sweep.get("finetune")) or not sweep.get("variants"):
-        raise ValueError(f"{path}: get_sweep() needs 'pretrain' and/or 'finetune', and a non-empty 'variants' dict")
+        raise ValueError(f"{file}: an ablation file must define get_sweep()")
+    sweep = module.get_sweep(arg) if arg else module.get_sweep()
+    check_sweep(sweep, path)
     return sweep
+
+
+def check_sweep(sweep: dict[str, Any], source: str) -> None:
+    unknown = set(sweep) - SWEEP_KEYS
+    if unknown:
+        raise ValueError(f"{source}: get_sweep() has unknown keys {sorted(unknown)}; allowed: {sorted(SWEEP_KEYS)}")
+    if sweep.get("evaluations") and (sweep.get("finetune") or sweep.get("finetune_common")):
+        raise ValueError(f"{source}: give 'evaluations' or 'finetune'/'finetune_common', not both")
+    if not (sweep.get("pretrain") or sweep.get("finetune") or sweep.get("evaluations")) or not sweep.get("variants"):
+        raise ValueError(f"{source}: get_sweep() needs 'pretrain' and/or 'finetune' (or 'evaluations'), and a "
+                         "non-empty 'variants' dict")
+    for name, spec in (sweep.get("evaluations") or {}).items():
+        if not isinstance(spec, dict) or "config" not in spec or set(spec) - {"config", "overrides"}:
+            raise ValueError(f"{source}: evaluation {name!r} must be {{'config': 'FILE.py:ARG', 'overrides': {{...}}}}, "
+                             f"found {spec!r}")
+    names = [e.name for e in evaluations(sweep)]
+    if PRETRAIN in names:
+        raise ValueError(f"{source}: an evaluation may not be named {PRETRAIN!r} (the pretraining stage's name)")
+    for variant, spec in sweep["variants"].items():
+        _, _, per_evaluation = variant_parts(variant, spec, source)
+        unknown = set(per_evaluation) - set(names)
+        if unknown:
+            raise ValueError(f"{source}: variant {variant!r} has overrides for evaluations {sorted(unknown)}; "
+                             f"the evaluations are {names}")
+    paper = sweep.get("paper")
+    if paper:
+        missing = {"title", "citation", "columns", "rows", "ours"} - set(paper)
+        if missing:
+            raise ValueError(f"{source}: 'paper' lacks {sorted(missing)}")
+        for variant, row in paper["rows"].items():
+            if variant not in sweep["variants"] or len(row) != 1 + len(paper["columns"]):
+                raise ValueError(f"{source}: paper row {variant!r} must name a variant and hold a label plus "
+                                 f"{len(paper['columns'])} numbers, found {row!r}")
+        unknown = set(paper["ours"]) - set(paper["columns"])
+        if unknown:
+            raise ValueError(f"{source}: paper 'ours' names columns {sorted(unknown)} the paper table lacks")
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """A downstream task every variant is fine-tuned and scored on."""
+
+    name: str
+    config: str
+    overrides: dict[str, Any]
+
+
+def evaluations(sweep: dict[str, Any]) -> list[Evaluation]:
+    if sweep.get("evaluations"):
+        return [Evaluation(name, spec["config"], dict(spec.get("overrides") or {}))
+                for name, spec in sweep["evaluations"].items()]
+    if sweep.get("finetune"):
+        return [Evaluation("finetune", sweep["finetune"], dict(sweep.get("finetune_common") or {}))]
+    return []
+
+
+def variant_parts(name: str, spec: dict[str, Any], source: str = "sweep") -> tuple[dict, dict, dict]:
+    """(pretraining overrides, overrides for every fine-tuning run, {evaluation: overrides})."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"{source}: variant {name!r} must be a dict of overrides, found {spec!r}")
+    if not VARIANT_PARTS & set(spec):
+        return spec, {}, {}
+    unknown = set(spec) - VARIANT_PARTS
+    if unknown:
+        raise ValueError(f"{source}: variant {name!r} mixes parts {sorted(VARIANT_PARTS & set(spec))} with "
+                         f"overrides {sorted(unknown)}; put the overrides under 'pretrain' or 'finetune'")
+    return dict(spec.get("pretrain") or {}), dict(spec.get("finetune") or {}), dict(spec.get("evaluations") or {})
 
 
 # config.sweep (the paper's fine-tuning grid) field -> the config field it sets.
@@ -188,48 +285,60 @@ def run_prepare(step: Prepare) -> None:
     step.done_marker.write_text("ok\n", encoding="utf-8")
 
 
-def plan_runs(sweep: dict[str, Any], workdir: pathlib.Path) -> list[Run]:
-    """Expands variants x seeds into runs with one sub-workdir per stage."""
+def plan_runs(sweep: dict[str, Any], workdir: pathlib.Path, only: list[str] | None = None) -> list[Run]:
+    """Expands variants x seeds into runs with one sub-workdir per stage (`only`: these variants)."""
+    variants = sweep["variants"]
+    unknown = sorted(set(only or ()) - set(variants))
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; the sweep has {list(variants)}")
     runs = []
     data_dir = workdir / "data"
     seeds = sweep.get("seeds") or [0]
-    for variant, overrides in sweep["variants"].items():
+    pretrain_dirs: dict[str, pathlib.Path] = {}  # equal pretraining overrides -> the one run's workdir
+    for variant, spec in variants.items():
+        pretrain_overrides, finetune_overrides, per_evaluation = variant_parts(variant, spec)
         for seed in seeds:
             run_dir = workdir / variant / f"seed_{seed}"
             stages = []
             if sweep.get("pretrain"):
-                pretrain = Stage(
-                    "pretrain",
-                    sweep["pretrain"],
-                    run_dir / "pretrain",
-                    _overrides(sweep.get("common", {}), overrides, {"seed": seed}, data_dir=data_dir),
-                )
+                overrides = _overrides(sweep.get("common", {}), pretrain_overrides, {"seed": seed}, data_dir=data_dir)
+                key = json.dumps(overrides, sort_keys=True, default=str)
+                pretrain = Stage(PRETRAIN, sweep["pretrain"], pretrain_dirs.setdefault(key, run_dir / PRETRAIN),
+                                 overrides)
                 stages.append(pretrain)
-                finetune_overrides = {"init_from": str(pretrain.workdir), "seed": seed}
+                chained = {"init_from": str(pretrain.workdir), "seed": seed}
             else:  # a fine-tuning-only sweep: the variant's overrides go to fine-tuning
-                finetune_overrides = {**overrides, "seed": seed}
-            if sweep.get("finetune"):
-                stages.append(
-                    Stage(
-                        "finetune",
-                        sweep["finetune"],
-                        run_dir / "finetune",
-                        _overrides(sweep.get("finetune_common", {}), finetune_overrides, data_dir=data_dir),
-                    )
-                )
-            runs.append(Run(variant, seed, tuple(stages)))
+                chained = {**pretrain_overrides, "seed": seed}
+            for evaluation in evaluations(sweep):
+                stages.append(Stage(
+                    evaluation.name, evaluation.config, run_dir / evaluation.name,
+                    _overrides(evaluation.overrides, finetune_overrides, per_evaluation.get(evaluation.name, {}),
+                               chained, data_dir=data_dir)))
+            if only is None or variant in only:
+                runs.append(Run(variant, seed, tuple(stages)))
     return runs
+
+
+_stage_locks: dict[pathlib.Path, threading.Lock] = {}
+_stage_locks_guard = threading.Lock()
+
+
+def _stage_lock(stage: Stage) -> threading.Lock:
+    """One lock per stage workdir: two variants sharing a pretraining run never both start it."""
+    with _stage_locks_guard:
+        return _stage_locks.setdefault(stage.workdir, threading.Lock())
 
 
 def execute(run: Run) -> str:
     """Runs the stages of one run in order; returns a one-line status."""
     for stage in run.stages:
-        if stage.done:
-            continue
-        stage.workdir.mkdir(parents=True, exist_ok=True)
-        log_path = stage.workdir / "stdout.log"
-        with open(log_path, "w", encoding="utf-8") as log:
-            code = subprocess.call(stage.command(), stdout=log, stderr=subprocess.STDOUT)
+        with _stage_lock(stage):
+            if stage.done:
+                continue
+            stage.workdir.mkdir(parents=True, exist_ok=True)
+            log_path = stage.workdir / "stdout.log"
+            with open(log_path, "w", encoding="utf-8") as log:
+                code = subprocess.call(stage.command(), stdout=log, stderr=subprocess.STDOUT)
         if code != 0:
             return f"{run.variant} seed {run.seed}: {stage.name} FAILED (exit {code}); see {log_path}"
     return f"{run.variant} seed {run.seed}: done"
@@ -255,8 +364,8 @@ def _final_metrics(stage: Stage) -> dict[str, float]:
     return {f"{stage.name}/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
-def summarise(runs: list[Run]) -> tuple[list[str], list[dict[str, str]]]:
-    """One row per variant: mean ± std over seeds of every final metric."""
+def _metrics_by_variant(runs: list[Run]) -> dict[str, list[dict[str, float]]]:
+    """{variant: [the final metrics of every stage of one seed's run]}, runs with results only."""
     by_variant: dict[str, list[dict[str, float]]] = {}
     for run in runs:
         merged = {}
@@ -264,6 +373,19 @@ def summarise(runs: list[Run]) -> tuple[list[str], list[dict[str, str]]]:
             merged.update(_final_metrics(stage))
         if merged:
             by_variant.setdefault(run.variant, []).append(merged)
+    return by_variant
+
+
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def summarise(runs: list[Run]) -> tuple[list[str], list[dict[str, str]]]:
+    """One row per variant: mean ± std over seeds of every final metric."""
+    by_variant = _metrics_by_variant(runs)
     columns = sorted({k for rows in by_variant.values() for row in rows for k in row})
     table = []
     for variant, rows in by_variant.items():
@@ -273,23 +395,65 @@ def summarise(runs: list[Run]) -> tuple[list[str], list[dict[str, str]]]:
             if not values:
                 row[col] = ""
                 continue
-            mean = sum(values) / len(values)
-            if len(values) > 1:
-                std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-                row[col] = f"{mean:.4f} ± {std:.4f}"
-            else:
-                row[col] = f"{mean:.4f}"
+            mean, std = _mean_std(values)
+            row[col] = f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
         table.append(row)
     return ["variant", "seeds", *columns], table
 
 
-def write_tables(workdir: pathlib.Path, header: list[str], table: list[dict[str, str]]) -> None:
-    with open(workdir / "results.csv", "w", newline="", encoding="utf-8") as f:
+def paper_table(runs: list[Run], paper: dict[str, Any]) -> tuple[list[str], list[dict[str, str]]]:
+    """The paper's table with ours beside it: per paper column that one of ours stands in for,
+    "<column> (ours)" (mean ± std over seeds, x100, or exp of a loss) then "<column> (paper)"."""
+    by_variant = _metrics_by_variant(runs)
+    header = ["variant", "paper row", "seeds"]
+    for column in paper["columns"]:
+        header += [f"{column} (ours)", f"{column} (paper)"] if column in paper["ours"] else [f"{column} (paper)"]
+    table = []
+    for variant in dict.fromkeys(run.variant for run in runs):
+        label, *numbers = paper["rows"].get(variant, ["", *[None] * len(paper["columns"])])
+        rows = by_variant.get(variant, [])
+        row = {"variant": variant, "paper row": label, "seeds": str(len(rows))}
+        for column, number in zip(paper["columns"], numbers):
+            row[f"{column} (paper)"] = "" if number is None else f"{number}"
+            if column not in paper["ours"]:
+                continue
+            spec = paper["ours"][column]
+            exp = spec.startswith("exp:")
+            key = spec[4:] if exp else spec
+            values = [math.exp(r[key]) if exp else 100.0 * r[key] for r in rows if key in r]
+            if not values:
+                row[f"{column} (ours)"] = ""
+                continue
+            mean, std = _mean_std(values)
+            row[f"{column} (ours)"] = f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+        table.append(row)
+    return header, table
+
+
+def _markdown(header: list[str], table: list[dict[str, str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row.get(col, "") for col in header) + " |" for row in table]
+
+
+def _write_csv(path: pathlib.Path, header: list[str], table: list[dict[str, str]]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=header)
         writer.writeheader()
         writer.writerows(table)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row.get(col, "") for col in header) + " |" for row in table]
+
+
+def write_tables(workdir: pathlib.Path, header: list[str], table: list[dict[str, str]],
+                 paper: tuple[dict[str, Any], list[str], list[dict[str, str]]] | None = None) -> None:
+    """results.csv and results.md; with `paper` (its spec, header, rows) also paper_table.csv,
+    shown first in results.md under the paper's title and citation."""
+    _write_csv(workdir / "results.csv", header, table)
+    lines = []
+    if paper is not None:
+        spec, paper_header, paper_rows = paper
+        _write_csv(workdir / "paper_table.csv", paper_header, paper_rows)
+        lines += [f"## {spec['title']}", "", f"Paper: {spec['citation']}", "", *_markdown(paper_header, paper_rows),
+                  "", "## All final metrics", ""]
+    lines += _markdown(header, table)
     (workdir / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -302,17 +466,17 @@ def _curve(stage: Stage, split: str, metric: str) -> tuple[list[int], list[float
     return [p[0] for p in points], [float(p[1]) for p in points]
 
 
-def plot_curves(runs: list[Run], workdir: pathlib.Path, finetune_metric: str | None) -> list[pathlib.Path]:
-    """Training loss of the pretraining stage and the eval metric of fine-tuning, per variant."""
+def plot_curves(runs: list[Run], workdir: pathlib.Path, eval_metrics: dict[str, str]) -> list[pathlib.Path]:
+    """Training loss of the pretraining stage, and per evaluation ({stage name: its main metric})
+    the eval metric of its fine-tuning runs, one line per variant and seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     written = []
-    specs = [("pretrain", "train", "loss", "pretrain_loss.png")]
-    if finetune_metric:
-        specs.append(("finetune", "eval", finetune_metric, "finetune_eval.png"))
+    specs = [(PRETRAIN, "train", "loss", "pretrain_loss.png")]
+    specs += [(name, "eval", metric, f"{name}_eval.png") for name, metric in eval_metrics.items()]
     for stage_name, split, metric, filename in specs:
         fig, ax = plt.subplots(figsize=(6, 4))
         drawn = False
@@ -328,7 +492,7 @@ def plot_curves(runs: list[Run], workdir: pathlib.Path, finetune_metric: str | N
             ax.set_xlabel("step")
             ax.set_ylabel(f"{split} {metric}")
             ax.set_title(f"{stage_name}: {split} {metric}")
-            ax.legend()
+            ax.legend(fontsize="small")
             ax.grid(alpha=0.3)
             fig.tight_layout()
             fig.savefig(workdir / filename, dpi=120)
@@ -337,32 +501,36 @@ def plot_curves(runs: list[Run], workdir: pathlib.Path, finetune_metric: str | N
     return written
 
 
-def best_variant(runs: list[Run]) -> tuple[str, str, float] | None:
-    """(variant, metric, value) of the best fine-tuning result by the task's main metric."""
+def best_variant(runs: list[Run], stage_name: str = "finetune") -> tuple[str, str, float] | None:
+    """(variant, metric, value) of the best result of one evaluation by the task's main metric."""
     best = None
-    for run in runs:
-        path = run.stages[-1].workdir / RESULTS_FILE
-        if run.stages[-1].name != "finetune" or not path.exists():
-            continue
-        results = json.loads(path.read_text(encoding="utf-8"))
-        metric = results.get("main_metric")
-        value = (results.get("final_metrics") or {}).get(metric)
-        if value is None:
-            continue
-        sign = 1.0 if results.get("higher_is_better", True) else -1.0
-        if best is None or sign * value > best[0]:
-            best = (sign * value, (run.variant, metric, float(value)))
-    return best[1] if best else None
-
-
-def _main_metric_of(runs: list[Run]) -> str | None:
-    """The fine-tuning task's main metric, as its results.json names it."""
     for run in runs:
         for stage in run.stages:
             path = stage.workdir / RESULTS_FILE
-            if stage.name == "finetune" and path.exists():
-                return json.loads(path.read_text(encoding="utf-8")).get("main_metric")
-    return None
+            if stage.name != stage_name or not path.exists():
+                continue
+            results = json.loads(path.read_text(encoding="utf-8"))
+            metric = results.get("main_metric")
+            value = (results.get("final_metrics") or {}).get(metric)
+            if value is None:
+                continue
+            sign = 1.0 if results.get("higher_is_better", True) else -1.0
+            if best is None or sign * value > best[0]:
+                best = (sign * value, (run.variant, metric, float(value)))
+    return best[1] if best else None
+
+
+def _main_metrics(runs: list[Run]) -> dict[str, str]:
+    """{evaluation stage name: its task's main metric, as its results.json names it}."""
+    found: dict[str, str] = {}
+    for run in runs:
+        for stage in run.stages:
+            path = stage.workdir / RESULTS_FILE
+            if not stage.is_pretrain and stage.name not in found and path.exists():
+                metric = json.loads(path.read_text(encoding="utf-8")).get("main_metric")
+                if metric:
+                    found[stage.name] = metric
+    return found
 
 
 DEPRECATED = {"--print-commands": "--print_commands"}  # old spelling: a deprecated alias
@@ -372,12 +540,15 @@ def main(argv: list[str] | None = None) -> int:
     from bert_jax.cli_flags import HelpFormatter, rewrite_deprecated
 
     parser = argparse.ArgumentParser(prog="python -m bert_jax.sweep", description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("ablation", nargs="?", help="path of an ablation file defining get_sweep()")
+    parser.add_argument("ablation", nargs="?",
+                        help="path of an ablation file defining get_sweep(), optionally FILE.py:ARG for get_sweep(ARG)")
     parser.add_argument("--grid", metavar="FILE.py:ARG",
                         help="instead of an ablation file: search the experiment's config.sweep grid (fine-tuning)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="with --grid: a config override for every run (e.g. init_from=PATH)")
     parser.add_argument("--workdir", required=True)
+    parser.add_argument("--variants", default="", metavar="A,B",
+                        help="run (and tabulate) only these variants; default: all")
     parser.add_argument("--parallel", type=int, default=1, help="variants run at once")
     parser.add_argument("--print_commands", action="store_true", help="print the command lines and exit")
     args = parser.parse_args(rewrite_deprecated(argv, DEPRECATED, "bert_jax.sweep"))
@@ -395,7 +566,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         sweep = load_sweep(args.ablation)
     workdir = pathlib.Path(args.workdir).resolve()
-    runs = plan_runs(sweep, workdir)
+    only = [v.strip() for v in args.variants.split(",") if v.strip()] or None
+    try:
+        runs = plan_runs(sweep, workdir, only)
+    except ValueError as e:
+        parser.error(str(e))
 
     prepare = plan_prepare(sweep, workdir)
 
@@ -417,12 +592,15 @@ def main(argv: list[str] | None = None) -> int:
             failed |= "FAILED" in status
 
     header, table = summarise(runs)
-    write_tables(workdir, header, table)
-    plots = plot_curves(runs, workdir, _main_metric_of(runs))
+    paper = sweep.get("paper")
+    write_tables(workdir, header, table, (paper, *paper_table(runs, paper)) if paper else None)
+    main_metrics = _main_metrics(runs)
+    plots = plot_curves(runs, workdir, main_metrics)
     print((workdir / "results.md").read_text(encoding="utf-8"))
-    best = best_variant(runs)
-    if best:
-        print(f"best on dev: {best[0]} ({best[1]} = {best[2]:.4f})")
+    for name in main_metrics:
+        best = best_variant(runs, name)
+        if best:
+            print(f"best on dev ({name}): {best[0]} ({best[1]} = {best[2]:.4f})")
     print("wrote", workdir / "results.md", workdir / "results.csv", *plots)
     return 1 if failed else 0
 

@@ -1,6 +1,7 @@
 """The sweep runner: planning, skipping finished stages, tables and plots (no training here)."""
 
 import json
+import pathlib
 import statistics
 
 import pytest
@@ -72,7 +73,7 @@ def test_finished_stages_are_skipped_and_table_has_mean_and_std(ablation_file, t
 
     sweep_lib.write_tables(tmp_path / "w", header, table)
     assert (tmp_path / "w" / "results.md").read_text().count("\n") == 4
-    plots = sweep_lib.plot_curves(runs, tmp_path / "w", "accuracy")
+    plots = sweep_lib.plot_curves(runs, tmp_path / "w", {"finetune": "accuracy"})
     assert [p.name for p in plots] == ["pretrain_loss.png", "finetune_eval.png"]
     assert all(p.stat().st_size > 1000 for p in plots)
 
@@ -144,3 +145,115 @@ def test_a_stage_without_eval_reports_its_last_training_losses(tmp_path):
     stage = sweep_lib.Stage("pretrain", "x.py", tmp_path, {})
     _fake_results(stage, {}, [(1, 9.0), (2, 4.5)])
     assert sweep_lib._final_metrics(stage) == {"pretrain/train_loss": 4.5, "pretrain/train_accuracy": 4.5}
+
+
+MULTI = {
+    "pretrain": "experiments/pretrain.py:tiny",
+    "common": {"train.num_steps": 10},
+    "evaluations": {
+        "sentiment": {"config": "experiments/finetune_tsv.py:rotten_tomatoes", "overrides": {"num_epochs": 1}},
+        "ner": {"config": "experiments/finetune_ner.py:wnut16", "overrides": {"num_epochs": 2}},
+    },
+    "variants": {
+        "ltr": {"model.causal_attention": True},
+        "ltr_bilstm": {"pretrain": {"model.causal_attention": True}, "finetune": {"task.head": "bilstm"},
+                       "evaluations": {"ner": {"num_epochs": 5}}},
+        "mlm": {},
+    },
+    "seeds": [0, 1],
+    "paper": {"title": "Table X", "citation": "Devlin et al. 2019, Table X", "columns": ["SST-2", "NER", "MNLI"],
+              "rows": {"ltr": ["LTR & No NSP", 92.1, 90.0, 82.1], "mlm": ["BERT-BASE", 92.7, 91.0, 84.4]},
+              "ours": {"SST-2": "sentiment/accuracy", "NER": "exp:ner/loss"}},
+}
+
+
+def test_evaluations_give_one_stage_each_and_equal_pretraining_is_shared(tmp_path):
+    sweep_lib.check_sweep(MULTI, "test")
+    runs = sweep_lib.plan_runs(MULTI, tmp_path)
+    by = {(r.variant, r.seed): r for r in runs}
+    ltr, bilstm, mlm = by[("ltr", 1)], by[("ltr_bilstm", 1)], by[("mlm", 1)]
+    assert [s.name for s in ltr.stages] == ["pretrain", "sentiment", "ner"]
+    # LTR + BiLSTM differs from LTR only in fine-tuning: one pretraining run, LTR's.
+    assert bilstm.stages[0].workdir == ltr.stages[0].workdir == tmp_path / "ltr/seed_1/pretrain"
+    assert mlm.stages[0].workdir == tmp_path / "mlm/seed_1/pretrain"
+    assert by[("ltr", 0)].stages[0].workdir != ltr.stages[0].workdir  # seeds never share
+    # Overrides: the evaluation's, then the variant's for all, then its per-evaluation ones.
+    sentiment, ner = bilstm.stages[1:]
+    assert sentiment.workdir == tmp_path / "ltr_bilstm/seed_1/sentiment"
+    assert sentiment.overrides == {"num_epochs": 1, "task.head": "bilstm", "init_from": str(ltr.stages[0].workdir),
+                                   "seed": 1}
+    assert ner.overrides["num_epochs"] == 5 and ner.overrides["task.head"] == "bilstm"
+    assert "task.head" not in ltr.stages[1].overrides
+    only = sweep_lib.plan_runs(MULTI, tmp_path, only=["ltr_bilstm"])
+    assert [r.variant for r in only] == ["ltr_bilstm"] * 2 and only[1].stages[0].workdir == ltr.stages[0].workdir
+    with pytest.raises(ValueError, match=r"unknown variants \['nope'\]"):
+        sweep_lib.plan_runs(MULTI, tmp_path, only=["nope"])
+
+
+def test_shared_pretraining_runs_once(tmp_path):
+    runs = sweep_lib.plan_runs(MULTI, tmp_path)
+    shared = [r for r in runs if r.seed == 0 and r.variant in ("ltr", "ltr_bilstm")]
+    for run in shared:
+        for stage in run.stages[1:]:
+            _fake_results(stage, {"accuracy": 0.5}, [(1, 0.5)])
+    launched = []
+    real_call = sweep_lib.subprocess.call
+
+    def fake_call(cmd, **kwargs):
+        launched.append(cmd)
+        workdir = pathlib.Path(next(a for a in cmd if a.startswith("--workdir=")).split("=", 1)[1])
+        (workdir / "results.json").write_text("{}")
+        return 0
+
+    sweep_lib.subprocess.call = fake_call
+    try:
+        assert [sweep_lib.execute(r) for r in shared] == ["ltr seed 0: done", "ltr_bilstm seed 0: done"]
+    finally:
+        sweep_lib.subprocess.call = real_call
+    assert len(launched) == 1 and "--config=experiments/pretrain.py:tiny" in launched[0]
+
+
+def test_paper_table_puts_the_papers_numbers_beside_ours(tmp_path):
+    runs = sweep_lib.plan_runs(MULTI, tmp_path)
+    accuracy = {("ltr", 0): 0.70, ("ltr", 1): 0.74, ("mlm", 0): 0.80, ("mlm", 1): 0.82}
+    for run in runs:
+        if (run.variant, run.seed) not in accuracy:
+            continue
+        _fake_results(run.stages[1], {"accuracy": accuracy[(run.variant, run.seed)]}, [(1, 0.5)])
+        _fake_results(run.stages[2], {"loss": 1.0 + run.seed}, [(1, 0.5)])
+    header, table = sweep_lib.paper_table(runs, MULTI["paper"])
+    assert header == ["variant", "paper row", "seeds", "SST-2 (ours)", "SST-2 (paper)", "NER (ours)", "NER (paper)",
+                      "MNLI (paper)"]
+    rows = {r["variant"]: r for r in table}
+    assert rows["ltr"]["paper row"] == "LTR & No NSP" and rows["ltr"]["SST-2 (paper)"] == "92.1"
+    mean, std = statistics.mean([70.0, 74.0]), statistics.stdev([70.0, 74.0])
+    assert rows["ltr"]["SST-2 (ours)"] == f"{mean:.2f} ± {std:.2f}"
+    e, e2 = 2.718281828459045, 7.38905609893065
+    assert rows["mlm"]["NER (ours)"] == f"{statistics.mean([e, e2]):.2f} ± {statistics.stdev([e, e2]):.2f}"
+    assert rows["ltr_bilstm"]["seeds"] == "0" and rows["ltr_bilstm"]["SST-2 (ours)"] == ""
+    sweep_lib.write_tables(tmp_path, *sweep_lib.summarise(runs), (MULTI["paper"], header, table))
+    text = (tmp_path / "results.md").read_text()
+    assert text.startswith("## Table X\n\nPaper: Devlin et al. 2019, Table X\n") and "## All final metrics" in text
+    assert (tmp_path / "paper_table.csv").read_text().splitlines()[0].startswith("variant,paper row,seeds,SST-2 (ours)")
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"finetune": "x.py"}, "not both"),
+    ({"evaluations": {"pretrain": {"config": "x.py"}}}, "may not be named 'pretrain'"),
+    ({"evaluations": {"a": {"cfg": "x.py"}}}, "evaluation 'a' must be"),
+    ({"variants": {"v": {"pretrain": {}, "model.x": 1}}}, "mixes parts"),
+    ({"variants": {"v": {"evaluations": {"squad": {}}}}}, r"evaluations \['squad'\]"),
+    ({"paper": {**MULTI["paper"], "rows": {"ltr": ["LTR", 1.0]}}}, "paper row 'ltr'"),
+    ({"paper": {**MULTI["paper"], "ours": {"QNLI": "sentiment/accuracy"}}}, r"columns \['QNLI'\]"),
+])
+def test_bad_multi_task_sweeps_are_clear_errors(change, message):
+    with pytest.raises(ValueError, match=message):
+        sweep_lib.check_sweep({**MULTI, **change}, "f.py")
+
+
+def test_ablation_file_argument_reaches_get_sweep(tmp_path):
+    path = tmp_path / "a.py"
+    path.write_text("def get_sweep(budget='cpu'):\n"
+                    "    return {'pretrain': 'p.py', 'common': {'budget': budget}, 'variants': {'v': {}}}\n")
+    assert sweep_lib.load_sweep(str(path))["common"] == {"budget": "cpu"}
+    assert sweep_lib.load_sweep(f"{path}:paper")["common"] == {"budget": "paper"}
