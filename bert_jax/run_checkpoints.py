@@ -144,6 +144,18 @@ class RunCheckpointer:
         self.manager.close()
 
 
+def latest_step(workdir: str | os.PathLike) -> int | None:
+    """The newest complete checkpoint of a run's workdir, None if it has none; creates nothing."""
+    directory = absolute(workdir) / CHECKPOINT_DIR
+    if not directory.is_dir():
+        return None
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+    try:
+        return manager.latest_step()
+    finally:
+        manager.close()
+
+
 def restore_params(directory: str | os.PathLike, step: int | None = None) -> tuple[Any, int]:
     """Only the params of a run checkpoint (host numpy arrays), for `init_from=<workdir>`.
 

@@ -11,9 +11,13 @@
 - SIGTERM saves a checkpoint at the current step and returns (exit code 0 from main).
 - A non-finite loss or gradient norm never reaches the params; `config.train.nonfinite_policy`
   says whether the run halts ("halt") or skips that update and counts it ("skip").
-- Outputs in the workdir: config.json (the resolved config) and model_config.json (the BertConfig)
-  before step 1; metrics.jsonl and tensorboard/ (cut back to the restored step on resume);
-  checkpoints/; results.json at the end.
+- Outputs in the workdir: config.json (the resolved config of the newest start), model_config.json
+  (the BertConfig) and a line in starts.jsonl (restored step, fields changed since the previous
+  start) before step 1; metrics.jsonl and tensorboard/ (cut back to the restored step on resume);
+  checkpoints/; results.json at the end. Nothing is written before every check has passed,
+  init_from's weights read and fitted to the model included.
+- Evaluation runs `Predictor`, the codebase's one prediction loop; GLUE's test-set predictions
+  and benchmarks/mlm_eval.py run it too (`pretrained_predictor`).
 - Timing: step_time_s, tokens_per_s and mfu count the train step alone (dispatch to result);
   data_wait_s, eval_s and checkpoint_s are logged beside them; compile_time_s once per start.
 """
@@ -40,7 +44,7 @@ from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec
 
 from bert_jax import flops as flops_lib
-from bert_jax import optim, sharding
+from bert_jax import optim, run_checkpoints, sharding
 from bert_jax.metrics_logging import MetricsWriter, ProgressBar, eval_progress
 from bert_jax.run_checkpoints import RunCheckpointer
 
@@ -137,7 +141,6 @@ def merge_pretrained(fresh: Any, loaded: Any, source: str) -> tuple[Any, list[st
 def load_init_from(path: str) -> Any:
     """Params from a pretrained model: a bert_jax run workdir (its newest checkpoint) or anything
     `bert_jax.checkpoints.load_pretrained` reads (Hugging Face, Google TF, bert_jax format)."""
-    from bert_jax import run_checkpoints
     p = pathlib.Path(path)
     if (p / run_checkpoints.CHECKPOINT_DIR).is_dir():
         params, step = run_checkpoints.restore_params(p)
@@ -157,6 +160,10 @@ RUN_MODEL_FIELDS = ("dtype", "param_dtype", "remat", "scan_layers", "attention_i
 CONFIG_FILE = "config.json"  # the resolved config of the run, written before step 1
 MODEL_CONFIG_FILE = "model_config.json"  # the run's BertConfig (the fields of config.model)
 HEAD_FILE = "head.json"  # {"model_class", "label_names"}: the model's head, for exports
+# One line per start of the run: {"start", "time", "restored_step", "process_count", "device_count",
+# "changed": {dotted field: [value at the previous start, value now]}}. config.json holds the
+# config of the newest start; the lines' "changed" lead back to every earlier one.
+STARTS_FILE = "starts.jsonl"
 
 
 def architecture_fields() -> tuple[str, ...]:
@@ -364,15 +371,20 @@ class StateLayout:
             first_nonfinite_step=put(jnp.full((), -1, jnp.int32)))
 
 
-def state_layout(model, tx, mesh, rules, seed: int) -> StateLayout:
-    def init_boxed_params(key):
-        return model.init({"params": key, "dropout": key}, jnp.zeros(_INIT_INPUT_SHAPE, jnp.int32),
-                          deterministic=True)["params"]
+def _init_boxed_params(model, key):
+    return model.init({"params": key, "dropout": key}, jnp.zeros(_INIT_INPUT_SHAPE, jnp.int32),
+                      deterministic=True)["params"]
 
+
+def param_layout(model, mesh, rules) -> tuple[Any, Any]:
+    """(abstract params (ShapeDtypeStructs), their NamedShardings) of `model` on `mesh`."""
+    abstract_boxed = jax.eval_shape(lambda key: _init_boxed_params(model, key), jax.random.PRNGKey(0))
+    return _unbox(abstract_boxed), sharding.logical_shardings(abstract_boxed, mesh, rules)
+
+
+def state_layout(model, tx, mesh, rules, seed: int) -> StateLayout:
     init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
-    abstract_boxed = jax.eval_shape(init_boxed_params, init_key)
-    param_shardings = sharding.logical_shardings(abstract_boxed, mesh, rules)
-    abstract_params = _unbox(abstract_boxed)
+    abstract_params, param_shardings = param_layout(model, mesh, rules)
     replicated = sharding.replicated(mesh)
     state_shardings = TrainState(
         step=replicated, params=param_shardings,
@@ -383,7 +395,8 @@ def state_layout(model, tx, mesh, rules, seed: int) -> StateLayout:
         rng=dropout_key, nonfinite_steps=jnp.zeros((), jnp.int32), first_nonfinite_step=jnp.zeros((), jnp.int32)))
     abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                   abstract_state, state_shardings)
-    init_params = lambda: jax.jit(lambda k: _unbox(init_boxed_params(k)), out_shardings=param_shardings)(init_key)
+    init_params = lambda: jax.jit(lambda k: _unbox(_init_boxed_params(model, k)),
+                                  out_shardings=param_shardings)(init_key)
     return StateLayout(mesh, param_shardings, state_shardings, abstract_state, init_key, dropout_key, init_params)
 
 
@@ -460,6 +473,67 @@ def _process_rows(batch: dict, process_index: int, process_count: int) -> dict:
     return {k: v[process_index * per:(process_index + 1) * per] for k, v in batch.items()}
 
 
+# --------------------------------------------------------------------------- prediction
+
+
+class Predictor:
+    """The one prediction loop: `task.predict` (jitted) over finite global batches on a mesh.
+
+    Each process feeds its rows of every global batch and gets the outputs of all rows back
+    (replicated), so `task.evaluate` / `write_predictions` see every example. Every batch has its
+    token ids checked first (`check_token_ids`, naming "eval batch i of <where>"). The trainer's
+    evaluation, GLUE's test-set predictions (`tasks.glue.write_test_predictions`) and
+    `benchmarks/mlm_eval.py` all run through it (`pretrained_predictor` for a loaded checkpoint)."""
+
+    def __init__(self, task, model, mesh, rules, param_shardings, vocab_size: int):
+        self.mesh, self.rules, self.vocab_size = mesh, rules, int(vocab_size)
+        self.data_parallel = sharding.data_parallel_size(mesh)
+        self._step = jax.jit(lambda params, batch: task.predict(model, params, batch),
+                             in_shardings=(param_shardings, sharding.batch_sharding(mesh, 1)),
+                             out_shardings=sharding.replicated(mesh))
+
+    def __call__(self, params, batches, where: str, progress: bool = False) -> tuple[list[dict], list[dict]]:
+        """(predictions: one dict of numpy arrays per batch, the global batches), in order."""
+        predictions, seen = [], []
+        process_index, process_count = jax.process_index(), jax.process_count()
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            for i, global_batch in enumerate(eval_progress(batches, enabled=progress)):
+                what = f"eval batch {i + 1} of {where}"
+                check_token_ids(global_batch, self.vocab_size, what)
+                rows = next(iter(global_batch.values())).shape[0]
+                if rows % self.data_parallel:
+                    raise ValueError(f"{what}: {rows} rows are not divisible by the {self.data_parallel} "
+                                     "data-parallel devices (mesh data x fsdp); make the eval batch size a "
+                                     "multiple of them (config.train.eval_batch_size)")
+                local = _process_rows(global_batch, process_index, process_count)
+                out = self._step(params, sharding.make_global_batch(local, self.mesh))
+                predictions.append(jax.tree.map(np.asarray, out))
+                seen.append(global_batch)
+        return predictions, seen
+
+
+def pretrained_predictor(task, bert_config, loaded_params, source: str, mesh_config=None,
+                         devices=None) -> tuple[Predictor, Any]:
+    """(Predictor, params on its mesh) for `task`'s model with a checkpoint's params.
+
+    The params are put into the model's layout (scanned or not) by `merge_pretrained`; a
+    parameter the model needs that the checkpoint lacks is an error naming it (an evaluation
+    never runs a freshly initialised head). `mesh_config` defaults to data parallel over
+    `devices` (default: all)."""
+    mesh_config = mesh_config or {"data": -1, "fsdp": 1, "tensor": 1, "rules": "data_parallel"}
+    model = task.make_model(bert_config)
+    mesh = sharding.make_mesh(mesh_config, devices)
+    rules = sharding.axis_rules(mesh_config["rules"])
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        abstract_params, param_shardings = param_layout(model, mesh, rules)
+    merged, _, missing = merge_pretrained(abstract_params, loaded_params, source)
+    if missing:
+        raise ValueError(f"{source}: the checkpoint lacks {len(missing)} parameter(s) that "
+                         f"{type(model).__name__} needs to predict: {', '.join(missing[:8])}")
+    params = jax.device_put(merged, param_shardings)
+    return Predictor(task, model, mesh, rules, param_shardings, bert_config.vocab_size), params
+
+
 def compile_train_step(train_step, state, batch):
     """Lowers and compiles the jitted step ahead of time: (compiled step, compile seconds, facts).
 
@@ -504,6 +578,44 @@ def _eval_source(config) -> str:
 def _write_json_atomic(path: epath.Path, data) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _flat_fields(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat_fields(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_changes(previous: dict, current: dict) -> dict[str, list]:
+    """{dotted field: [previous value, current value]} for every field that differs (a field
+    only one side has shows None on the other)."""
+    normal = lambda tree: _flat_fields(json.loads(json.dumps(tree, default=str)))
+    before, now = normal(previous), normal(current)
+    return {k: [before.get(k), now.get(k)] for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)}
+
+
+def _record_start(workdir: epath.Path, config_dict: dict, restored_step: int | None, process_count: int) -> None:
+    """Appends this start to starts.jsonl, with the fields that differ from the previous start's
+    config.json (a resume with a changed config shows, and so does a rerun of a fresh workdir)."""
+    import datetime
+    previous = workdir / CONFIG_FILE
+    changed = config_changes(json.loads(previous.read_text(encoding="utf-8")), config_dict) if previous.is_file() else {}
+    if changed:
+        log.warning("this start's config differs from the previous start's in %d field(s): %s", len(changed),
+                    ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+    path = workdir / STARTS_FILE
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    lines = [line for line in lines if line.strip()]
+    row = {"start": len(lines), "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "restored_step": restored_step, "process_count": process_count, "device_count": jax.device_count(),
+           "changed": changed}
+    tmp = path.with_name(path.name + ".tmp")  # rewritten whole: appends are not atomic (nor on gs://)
+    tmp.write_text("".join(line + "\n" for line in [*lines, json.dumps(row, default=str)]), encoding="utf-8")
     tmp.replace(path)
 
 
@@ -561,10 +673,20 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None, devices=No
                                             int(config.optimizer.warmup_steps), schedule_steps)
     train_iter = (task.train_iterator(int(tc.batch_size), int(config.seed), process_index, process_count)
                   if total_steps > 0 else None)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        layout = state_layout(model, tx, mesh, rules, int(config.seed))
+    latest = run_checkpoints.latest_step(workdir)  # reads only: None for a fresh run
+    pretrained = None
+    if latest is None and config.init_from:
+        # init_from's weights, read and fitted to the model (names, shapes) before the workdir
+        # gets anything: a bad checkpoint is refused here. A resumed run never reads them.
+        pretrained = merge_pretrained(layout.abstract_state.params, load_init_from(config.init_from),
+                                      config.init_from)
 
     # ---- the workdir: the run's record first, then checkpoints and metrics
     workdir.mkdir(parents=True, exist_ok=True)
     if is_main:
+        _record_start(workdir, config.to_dict(), latest, process_count)
         _write_json_atomic(workdir / CONFIG_FILE, config.to_dict())
         _write_json_atomic(workdir / MODEL_CONFIG_FILE, dataclasses.asdict(bert_config))
         # What an export needs beyond the weights: the transformers head class (our model classes
@@ -574,7 +696,6 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None, devices=No
                                                 "label_names": None if label_names is None else list(label_names)})
     checkpointer = RunCheckpointer(workdir, config.checkpoint, task.main_metric,
                                    getattr(task, "higher_is_better", True))
-    latest = checkpointer.latest_step()
     # Rows after the restored step belong to steps that will run again: cut them.
     writer = MetricsWriter(workdir, enabled=is_main, tensorboard=bool(config.logging.tensorboard),
                            resume_step=latest or 0)
@@ -587,9 +708,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None, devices=No
     # (`nn.with_logical_constraint` at layer boundaries), so tensor parallelism keeps activations
     # split instead of leaving them to XLA's propagation.
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        layout = state_layout(model, tx, mesh, rules, int(config.seed))
         param_shardings = layout.param_shardings
-        replicated = sharding.replicated(mesh)
 
         meta: dict = {}
         if latest is not None:
@@ -601,19 +720,18 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None, devices=No
             log.info("resumed from %s at step %d", checkpointer.directory / str(latest), latest)
         else:
             params = layout.init_params()
-            if config.init_from:
-                loaded = load_init_from(config.init_from)
-                merged, used, new = merge_pretrained(jax.device_get(params), loaded, config.init_from)
-                params = jax.device_put(merged, param_shardings)
+            if pretrained is not None:
+                merged, used, new = pretrained  # the new heads' leaves are still abstract: take the fresh init
+                params = jax.device_put(jax.tree.map(lambda m, f: f if isinstance(m, jax.ShapeDtypeStruct) else m,
+                                                     merged, params), param_shardings)
+                pretrained = None
                 log.info("init_from %s: %d tensors loaded, %d new (%s)", config.init_from, len(used), len(new),
                          ", ".join(new[:8]))
             state = layout.fresh_state(tx, params)
 
-        batch_shard = sharding.batch_sharding(mesh, 1)  # a prefix: dim 0 split, the rest replicated
         train_step = jit_train_step(task, model, tx, schedule, int(tc.grad_accum_steps), mesh, layout)
         compiled_step, compile_time_s, step_facts, compile_logged = None, None, None, False
-        predict_step = jax.jit(lambda params, batch: task.predict(model, params, batch),
-                               in_shardings=(param_shardings, batch_shard), out_shardings=replicated)
+        predictor = Predictor(task, model, mesh, rules, param_shardings, bert_config.vocab_size)
         params_finite = jax.jit(_all_finite)
 
         step = int(jax.device_get(state.step))
@@ -635,15 +753,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None, devices=No
 
         def evaluate() -> dict:
             start = time.perf_counter()
-            predictions, batches = [], []
-            eval_batches = eval_progress(task.eval_batches(int(tc.eval_batch_size)),
-                                         enabled=is_main and bool(config.logging.progress_bar))
-            for i, global_batch in enumerate(eval_batches):
-                check_token_ids(global_batch, bert_config.vocab_size, f"eval batch {i + 1} of {eval_source}")
-                local = _process_rows(global_batch, process_index, process_count)
-                out = predict_step(state.params, sharding.make_global_batch(local, mesh))
-                predictions.append(jax.tree.map(np.asarray, out))
-                batches.append(global_batch)
+            predictions, batches = predictor(state.params, task.eval_batches(int(tc.eval_batch_size)), eval_source,
+                                             progress=is_main and bool(config.logging.progress_bar))
             if not batches:
                 return {}  # the task has no held-out data
             metrics = task.evaluate(predictions, batches)

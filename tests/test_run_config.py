@@ -147,6 +147,46 @@ def test_bad_config_exits_with_the_named_error_and_leaves_the_workdir_as_it_was(
     assert not fresh.exists()
 
 
+def test_a_bad_init_from_is_refused_before_the_workdir_gets_anything(tmp_path):
+    """init_from's weights are read (and fitted to the model) before the workdir is written: a run
+    workdir whose config reads but which holds no complete checkpoint is refused by name."""
+    config = tiny_config(num_steps=2)
+    bad = tmp_path / "bad_init"
+    (bad / "checkpoints").mkdir(parents=True)  # a run that never finished a checkpoint
+    (bad / "model_config.json").write_text(json.dumps(config.model.to_dict()))
+    config.init_from = str(bad)
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "notes.txt").write_text("the user's file")
+    before = _tree_listing(workdir)
+    with pytest.raises(Exception, match=r"bad_init/checkpoints: no complete checkpoint to take params from"):
+        train.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+    assert _tree_listing(workdir) == before
+    with pytest.raises(Exception, match="no complete checkpoint"):
+        train.train_and_evaluate(config, tmp_path / "fresh", devices=jax.devices()[:1])
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_every_start_is_recorded_with_its_restored_step_and_what_changed(tmp_path):
+    """starts.jsonl: one line per start, with the step it restored and the config fields that
+    differ from the previous start; config.json is the newest start's config."""
+    config = tiny_config(num_steps=4, stop_at_step=2)
+    train.train_and_evaluate(config, tmp_path, devices=jax.devices()[:1])
+    config = tiny_config(num_steps=4)
+    config.optimizer.learning_rate = 5e-4  # resumed with another learning rate
+    train.train_and_evaluate(config, tmp_path, devices=jax.devices()[:1])
+    train.train_and_evaluate(config, tmp_path, devices=jax.devices()[:1])  # finished: evaluates only
+
+    starts = [json.loads(line) for line in (tmp_path / "starts.jsonl").read_text().splitlines()]
+    assert [(s["start"], s["restored_step"], s["process_count"]) for s in starts] == \
+        [(0, None, 1), (1, 2, 1), (2, 4, 1)]
+    assert starts[0]["changed"] == {}
+    assert starts[1]["changed"] == {"optimizer.learning_rate": [1e-3, 5e-4], "train.stop_at_step": [2, 0]}
+    assert starts[2]["changed"] == {}
+    recorded = json.loads((tmp_path / "config.json").read_text())
+    assert recorded["optimizer"]["learning_rate"] == 5e-4 and recorded["train"]["stop_at_step"] == 0
+
+
 def test_the_record_is_written_before_step_1(tmp_path):
     """config.json and model_config.json exist when the first step runs (checked from inside it)."""
     from bert_jax.tasks.pretraining import PretrainingTask
