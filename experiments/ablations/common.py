@@ -28,14 +28,16 @@ FINETUNE_BUDGET = {
 }
 
 
-def create_instances(*extra_args: str) -> list[str]:
+def create_instances(*extra_args: str, corpus: str = CORPUS, max_seq_length: int = 128) -> list[str]:
     """`python -m` arguments that build pretraining instances of the corpus into {out}."""
     return [
         "data_pipelines.create_pretraining_data",
-        "--input_file", CORPUS,
+        "--input_file", corpus,
         "--output_dir", "{out}",
         "--vocab_file", VOCAB,
-        "--max_seq_length", "128",
+        "--max_seq_length", str(max_seq_length),
+        # Google's 20 at 128 (and 80 at 512), in proportion at other lengths.
+        "--max_predictions_per_seq", str(max(1, round(max_seq_length * 20 / 128))),
         "--dupe_factor", "1",
         *extra_args,
     ]
@@ -56,4 +58,116 @@ def sweep(variants: dict, *, prepare: dict | None = None, common: dict | None = 
         "finetune": "experiments/finetune_tsv.py:rotten_tomatoes",
         "finetune_common": dict(FINETUNE_BUDGET),
         "seeds": [0],
+    }
+
+
+# ---- The paper-table files (paper_table5..8.py): two budgets, several downstream tasks --------
+
+PAPER = "Devlin et al. 2019, BERT: Pre-training of Deep Bidirectional Transformers for Language Understanding (NAACL; arXiv:1810.04805)"
+BUDGETS = ("cpu", "paper")
+
+# CPU: a 4-layer BERT of width 128 (tiny's width, enough layers for Table 7's "last four") for
+# 100 steps of 32 x 64 tokens, and 100 fine-tuning steps per task: a minute or two a stage on 2
+# cores, far below the point where pretraining beats random init (a quickstart finding), so it
+# shows the machinery end to end, not the paper's gaps. The corpus
+# without lee_news trains; lee_news is the held-out text (Table 6's perplexity).
+CPU_SEQ_LENGTH = 64
+TRAIN_CORPUS = ",".join(f"$BERT_JAX_DATA/corpus/{name}.txt" for name in (
+    "botchan", "convention_speeches_2012", "enwiki_sample", "janeaustenr", "mobydick", "sotu", "tidytext_books"))
+HELDOUT_CORPUS = "$BERT_JAX_DATA/corpus/lee_news.txt"
+CPU_PRETRAIN = {
+    "model.num_hidden_layers": 4,
+    "data.max_seq_length": CPU_SEQ_LENGTH,
+    "data.max_predictions_per_seq": 10,
+    "train.batch_size": 32,
+    "train.num_steps": 100,
+    "train.log_every": 10,
+    "optimizer.learning_rate": 1e-3,
+    "optimizer.warmup_steps": 10,
+    "checkpoint.every_steps": 100,
+    "checkpoint.keep": 1,
+}
+CPU_FINETUNE = {"train.batch_size": 32, "optimizer.learning_rate": 1e-4, "max_seq_length": 64,
+                "num_epochs": 0, "train.num_steps": 100, "warmup_proportion": -1, "optimizer.warmup_steps": 10}
+
+# Our downstream tasks on $BERT_JAX_DATA, and the paper task each stands in for.
+CPU_EVALUATIONS = {
+    # Rotten Tomatoes is SST-2's source (movie-review sentiment): 100 steps of its 9,731 reviews.
+    "sentiment": {"config": "experiments/finetune_tsv.py:rotten_tomatoes", "overrides": dict(CPU_FINETUNE)},
+    # Bible paraphrase pairs, MRPC-like: 100 steps of its 20,000 pairs.
+    "paraphrase": {"config": "experiments/finetune_tsv.py:bible", "overrides": dict(CPU_FINETUNE)},
+    # WNUT-16 NER (CoNLL-2003 stands in the paper), ~1.3 epochs: fine-tuning, and feature-based
+    # with the encoder frozen, its last four layers concatenated into a two-layer BiLSTM (Table 8's).
+    "ner": {"config": "experiments/finetune_ner.py:wnut16",
+            "overrides": {**CPU_FINETUNE, "optimizer.learning_rate": 3e-4}},
+    "ner_features": {"config": "experiments/finetune_ner.py:wnut16",
+                     "overrides": {**CPU_FINETUNE, "optimizer.learning_rate": 1e-3,
+                                   "task.features": "concat_last_four", "optimizer.frozen_params": "^bert/"}},
+}
+PAPER_EVALUATIONS = {
+    "mnli": {"config": "experiments/finetune_glue.py:mnli", "overrides": {}},
+    "qnli": {"config": "experiments/finetune_glue.py:qnli", "overrides": {}},
+    "mrpc": {"config": "experiments/finetune_glue.py:mrpc", "overrides": {}},
+    "sst2": {"config": "experiments/finetune_glue.py:sst2", "overrides": {}},
+    "squad": {"config": "experiments/finetune_squad.py:v1.1", "overrides": {}},
+    "ner": {"config": "experiments/finetune_ner.py:conll2003", "overrides": {}},
+    "ner_features": {"config": "experiments/finetune_ner.py:conll2003",
+                     "overrides": {"task.features": "concat_last_four", "optimizer.frozen_params": "^bert/"}},
+}
+# The column of our metrics table that stands in for each paper column, per budget.
+STAND_INS = {
+    "cpu": {"SST-2": "sentiment/accuracy", "MRPC": "paraphrase/accuracy", "NER": "ner/f1",
+            "NER feature-based": "ner_features/f1"},
+    "paper": {"MNLI-m": "mnli/accuracy_matched", "QNLI": "qnli/accuracy", "MRPC": "mrpc/accuracy",
+              "SST-2": "sst2/accuracy", "SQuAD": "squad/f1", "NER": "ner/f1", "NER feature-based": "ner_features/f1"},
+}
+STATIC, UNMASKED = "static", "unmasked"  # the two instance sets a paper table may read
+
+
+def input_files(budget: str, data: str = STATIC) -> str:
+    """The pretraining instances of a budget: with static masks, or unmasked rows."""
+    if budget == "cpu":
+        return {STATIC: "{data}/instances/*.array_record", UNMASKED: "{data}/unmasked/*.array_record"}[data]
+    return paper_instances(unmasked=data == UNMASKED)
+
+
+def heldout_files(budget: str) -> str:
+    """Held-out instances with static masks (the masked-LM perplexity of Table 6)."""
+    if budget == "cpu":
+        return "{data}/heldout/*.array_record"
+    return f"{PAPER_DATA}/heldout_128/*.array_record"
+
+
+def check_budget(budget: str, source: str) -> None:
+    if budget not in BUDGETS:
+        raise ValueError(f"{source}: unknown budget {budget!r}; expected one of {BUDGETS}")
+
+
+def paper_sweep(budget: str, *, variants: dict, evaluations: tuple[str, ...], paper: dict, preset: str = "tiny",
+                data: str = STATIC, seeds=(0, 1)) -> dict:
+    """A paper-table sweep at `budget`: pretraining of every variant on instances `data` (static
+    masks, or unmasked rows that a variant masks at load time or reads as they are), then each
+    evaluation. `paper` gives title/columns/rows; its stand-in columns are filled in here."""
+    if budget == "cpu":
+        prepare = {name: create_instances(*flags, corpus=corpus, max_seq_length=CPU_SEQ_LENGTH)
+                   for name, flags, corpus in (("instances", (), TRAIN_CORPUS), ("unmasked", ("--no_masking",), TRAIN_CORPUS),
+                                               ("heldout", (), HELDOUT_CORPUS))}
+        common = {"data.input_files": input_files(budget, data), "data.vocab_file": VOCAB, **CPU_PRETRAIN}
+        chosen = {name: CPU_EVALUATIONS[name] for name in evaluations}
+        pretrain = f"experiments/pretrain.py:{preset}"
+    else:
+        prepare = {}
+        common = {"data.input_files": input_files(budget, data), "data.vocab_file": f"{PAPER_DATA}/vocab.txt"}
+        chosen = {name: PAPER_EVALUATIONS[name] for name in evaluations}
+        pretrain = "experiments/pretrain.py:base"
+    ours = {column: key for column, key in STAND_INS[budget].items()
+            if column in paper["columns"] and key.split("/")[0] in chosen}
+    return {
+        "prepare": prepare,
+        "pretrain": pretrain,
+        "common": common,
+        "evaluations": chosen,
+        "variants": variants,
+        "seeds": list(seeds) if budget == "cpu" else [0],
+        "paper": {"citation": PAPER, **paper, "ours": ours},
     }
