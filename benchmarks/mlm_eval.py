@@ -4,8 +4,10 @@
 
 The instances are Google-format ArrayRecord or TFRecord files (`python -m data_pipelines.create_pretraining_data`).
 Run it on held-out text, or on the training text with a new masking seed, to see how much of a
-falling training loss is memorisation. The losses are the trainer's own
-(`bert_jax.tasks.pretraining`), over the first `--limit` instances; one JSON line per checkpoint.
+falling training loss is memorisation. The figures are the trainer's own evaluation: its
+prediction loop (`bert_jax.train.Predictor`, token ids checked per batch) running
+`bert_jax.tasks.pretraining.PretrainingTask`'s predict and evaluate over the first `--limit`
+instances; one JSON line per checkpoint.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pathlib
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -23,27 +26,42 @@ if str(REPO) not in sys.path:  # `python benchmarks/mlm_eval.py` from a clone
     sys.path.insert(0, str(REPO))
 
 from bert_jax import load_pretrained  # noqa: E402
-from bert_jax.modeling.models import BertForPreTraining  # noqa: E402
-from bert_jax.train import check_token_ids  # noqa: E402
-from bert_jax.tasks.pretraining import losses_from_statistics, model_inputs, pretraining_statistics  # noqa: E402
+from bert_jax.train import pretrained_predictor  # noqa: E402
+from bert_jax.tasks.pretraining import PretrainingTask  # noqa: E402
 from data_pipelines.tfrecord_io import read_pretraining_arrays  # noqa: E402
 
 
-def evaluate(bert_config, params, instances: dict[str, np.ndarray], batch_size: int = 256) -> dict[str, float]:
-    """instances: read_pretraining_arrays output ([n, ...] arrays) -> mlm/nsp loss and accuracy."""
-    model = BertForPreTraining(bert_config)
+def instance_batches(instances: dict[str, np.ndarray], batch_size: int) -> list[dict[str, np.ndarray]]:
+    """[n, ...] arrays -> batches of min(batch_size, n) rows in order; the last one padded with
+    zero rows of example_weight 0 (the Task contract's eval batches)."""
+    n = len(instances["input_ids"])
+    rows = min(int(batch_size), n)
+    batches = []
+    for start in range(0, n, rows):
+        batch = {k: v[start:start + rows] for k, v in instances.items()}
+        real = len(batch["input_ids"])
+        batch = {k: np.concatenate([v, np.zeros((rows - real, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
+        batch["example_weight"] = (np.arange(rows) < real).astype(np.float32)
+        batches.append(batch)
+    return batches
 
-    @jax.jit
-    def statistics(params, batch):  # params as an argument, not baked into the executable as constants
-        outputs = model.apply({"params": params}, **model_inputs(batch), masked_positions=batch["masked_lm_positions"])
-        return pretraining_statistics(outputs, batch, nsp=True)
 
-    parts = []
-    for start in range(0, len(instances["input_ids"]), batch_size):
-        parts.append(jax.device_get(statistics(params, {k: v[start:start + batch_size] for k, v in instances.items()})))
-    stats = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    out = losses_from_statistics(stats, np.ones_like(stats["mlm_weight_sum"]), np)
-    return {k: float(v) for k, v in out.items()}
+def evaluate(bert_config, params, instances: dict[str, np.ndarray], batch_size: int = 256,
+             checkpoint: str = "the checkpoint", instances_name: str = "the instances",
+             devices=None) -> dict[str, float]:
+    """instances: read_pretraining_arrays output ([n, ...] arrays) -> mlm/nsp loss and accuracy.
+
+    `devices` default to one device (data parallel over the given ones, which must divide the
+    batch)."""
+    if "cls" not in params:
+        raise ValueError(f"checkpoint {checkpoint} has no pretraining heads (params 'cls/...'): "
+                         "it is an encoder alone, so it has no MLM or NSP predictions to evaluate")
+    task = PretrainingTask(ml_collections.ConfigDict({"data": {"next_sentence_prediction": True}}))
+    predictor, params = pretrained_predictor(task, bert_config, params, f"checkpoint {checkpoint}",
+                                             devices=devices or jax.local_devices()[:1])
+    predictions, batches = predictor(params, instance_batches(instances, batch_size),
+                                     f"{instances_name} (checkpoint {checkpoint})")
+    return task.evaluate(predictions, batches)
 
 
 def main(argv=None) -> int:
@@ -56,11 +74,8 @@ def main(argv=None) -> int:
     instances = read_pretraining_arrays(args.instances, limit=args.limit)
     for checkpoint in args.checkpoints:
         bert_config, params = load_pretrained(checkpoint, check_vocab=False)
-        if "cls" not in params:
-            raise ValueError(f"checkpoint {checkpoint} has no pretraining heads (params 'cls/...'): "
-                             "it is an encoder alone, so it has no MLM or NSP predictions to evaluate")
-        check_token_ids(instances, bert_config.vocab_size, f"{args.instances} (checkpoint {checkpoint})")
-        result = evaluate(bert_config, params, instances, args.batch_size)
+        result = evaluate(bert_config, params, instances, args.batch_size, checkpoint=checkpoint,
+                          instances_name=args.instances)
         row = {"checkpoint": checkpoint, "instances": args.instances, "examples": len(instances["input_ids"])}
         print(json.dumps({**row, **{k: round(v, 4) for k, v in result.items()}}), flush=True)
     return 0

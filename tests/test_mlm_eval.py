@@ -57,9 +57,28 @@ def test_metrics_do_not_depend_on_the_batch_size():
 
 
 def test_instances_from_a_larger_vocabulary_are_refused():
-    instances = _instances()
-    where = "inst/*.tfrecord (checkpoint ckpt)"
-    mlm_eval.check_token_ids(instances, VOCAB, where)  # fits: no error
-    instances["masked_lm_ids"][2, 1] = VOCAB
-    with pytest.raises(ValueError, match=r"inst/\*.tfrecord \(checkpoint ckpt\): batch field 'masked_lm_ids' holds token id 100, outside \[0, 100\)"):
-        mlm_eval.check_token_ids(instances, VOCAB, where)
+    """Through evaluate (the trainer's prediction loop): the error names the instances, the
+    checkpoint and the batch; the same instances within the vocab evaluate."""
+    params, instances = _params(), _instances()
+    assert math.isfinite(mlm_eval.evaluate(CONFIG, params, instances, batch_size=4)["mlm_loss"])
+    instances["masked_lm_ids"][6, 1] = VOCAB  # row 6: the second batch of 4
+    with pytest.raises(ValueError, match=r"eval batch 2 of inst/\*.tfrecord \(checkpoint ckpt\): batch field "
+                                         r"'masked_lm_ids' holds token id 100, outside \[0, 100\)"):
+        mlm_eval.evaluate(CONFIG, params, instances, batch_size=4, checkpoint="ckpt", instances_name="inst/*.tfrecord")
+
+
+def test_an_encoder_only_checkpoint_is_refused_by_name():
+    params = {"bert": _params()["bert"]}
+    with pytest.raises(ValueError, match=r"checkpoint enc/ has no pretraining heads \(params 'cls/...'\)"):
+        mlm_eval.evaluate(CONFIG, params, _instances(), checkpoint="enc/")
+
+
+def test_the_last_batch_is_padded_with_rows_of_weight_0():
+    """11 instances in batches of 4: the last batch holds 3 of them and one zero row of
+    example_weight 0 (test_metrics_do_not_depend_on_the_batch_size: that row does not count)."""
+    instances = _instances(n=11)
+    batches = mlm_eval.instance_batches(instances, 4)
+    assert [len(b["input_ids"]) for b in batches] == [4, 4, 4]
+    np.testing.assert_array_equal(batches[-1]["example_weight"], [1, 1, 1, 0])
+    np.testing.assert_array_equal(batches[-1]["input_ids"][:3], instances["input_ids"][8:])
+    assert not batches[-1]["input_ids"][3].any()

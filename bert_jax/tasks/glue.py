@@ -18,7 +18,6 @@ import logging
 import pathlib
 from typing import Sequence
 
-import numpy as np
 
 from bert_jax.tasks import classification, tsv
 
@@ -243,13 +242,15 @@ def from_config(config) -> GlueTask:
 
 def write_test_predictions(workdir: str | pathlib.Path, output_dir: str | pathlib.Path | None = None, step: int | None = None):
     """Runs a finished GLUE run's best checkpoint (or `step`) on the test split(s) and writes the
-    GLUE server's files into `output_dir` (default: <workdir>/glue_submission)."""
+    GLUE server's files into `output_dir` (default: <workdir>/glue_submission).
+
+    The predictions come from the trainer's own prediction loop (`train.Predictor`) on the run's
+    mesh config and eval batch size."""
     import json
 
-    import jax
     import ml_collections
 
-    from bert_jax import run_checkpoints
+    from bert_jax import run_checkpoints, train
     from bert_jax.config import BertConfig
 
     workdir = pathlib.Path(workdir)
@@ -259,11 +260,12 @@ def write_test_predictions(workdir: str | pathlib.Path, output_dir: str | pathli
     test_task = task.test_task()
     if not test_task.eval_sets or not any(test_task.eval_sets.values()):
         raise ValueError(f"{task.name}: no test split to predict (GLUE TSV directories need test.tsv)")
-    model = task.make_model(BertConfig(**config.model.to_dict()))
     params, used_step = run_checkpoints.restore_params(workdir, step if step is not None else results.get("best_step"))
-    predict = jax.jit(lambda p, b: test_task.predict(model, p, b))
-    batches = list(test_task.eval_batches(int(config.train.eval_batch_size)))
-    predictions = [jax.tree.map(np.asarray, predict(params, {k: v for k, v in b.items()})) for b in batches]
+    predictor, params = train.pretrained_predictor(
+        test_task, BertConfig(**config.model.to_dict()), params, f"{workdir} (checkpoint of step {used_step})",
+        mesh_config=config.mesh)
+    predictions, batches = predictor(params, test_task.eval_batches(int(config.train.eval_batch_size)),
+                                     f"the test split(s) of {task.name}")
     paths = test_task.write_submission(predictions, batches, output_dir or workdir / "glue_submission")
     log.info("GLUE test predictions of step %d: %s", used_step, ", ".join(str(p) for p in paths))
     return paths
