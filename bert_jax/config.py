@@ -31,7 +31,8 @@ PARAM_DTYPES = ("float32", "bfloat16")
 # "none": keep all activations; "full": recompute each layer in the backward pass;
 # "minimal": save the matmul outputs, recompute the cheap elementwise ops.
 REMAT_POLICIES = ("none", "full", "minimal")
-# "xla" runs everywhere; "cudnn" is cuDNN flash attention (GPU only; bf16/fp16 compute).
+# "xla" runs everywhere; "cudnn" is cuDNN flash attention (GPU only; bf16/fp16 compute; it has
+# no attention dropout, so BertConfig requires attention_probs_dropout_prob=0 with it).
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
 
 # Keys that Hugging Face or Google configs carry and that mean nothing to this model (or that
@@ -151,8 +152,8 @@ class BertConfig:
     remat: str = "none"  # see REMAT_POLICIES
     dtype: str = "float32"  # compute dtype of activations
     param_dtype: str = "float32"  # storage dtype of parameters
-    # "cudnn" applies where jax.nn.dot_product_attention runs: eval, or training with
-    # attention_probs_dropout_prob=0 (that function has no dropout; with it, einsums run).
+    # "cudnn" needs attention_probs_dropout_prob=0 (cuDNN's fused attention has no dropout; the
+    # combination with dropout > 0 is a ConfigError, never a silent switch to XLA attention).
     attention_implementation: str = "xla"  # see ATTENTION_IMPLEMENTATIONS
 
     def __post_init__(self):
@@ -192,6 +193,15 @@ class BertConfig:
         _check_choice("param_dtype", self.param_dtype, PARAM_DTYPES)
         _check_choice("remat", self.remat, REMAT_POLICIES)
         _check_choice("attention_implementation", self.attention_implementation, ATTENTION_IMPLEMENTATIONS)
+        if self.attention_implementation == "cudnn" and self.attention_probs_dropout_prob > 0:
+            p = self.attention_probs_dropout_prob
+            raise ConfigError(
+                f"BertConfig.attention_implementation='cudnn' cannot be combined with "
+                f"attention_probs_dropout_prob={p!r}: cuDNN's fused attention has no dropout on the "
+                f"attention probabilities. Choose one: attention_probs_dropout_prob=0.0 with "
+                f"attention_implementation='cudnn' (as MosaicBERT and Cramming), or "
+                f"attention_implementation='xla' with attention_probs_dropout_prob={p!r} (0.1 in the BERT paper)"
+            )
         for name in ("pre_layer_norm", "causal_attention", "scan_layers"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"BertConfig.{name} must be true or false, found {getattr(self, name)!r}")

@@ -189,3 +189,97 @@ def test_validate_vocab_reads_sentencepiece_models(tmp_path):
     BertConfig.preset("tiny", vocab_size=40).validate_vocab(tmp_path / "spm.model")
     with pytest.raises(ConfigError, match="has 40 entries but BertConfig.vocab_size is 30522"):
         BertConfig.preset("tiny").validate_vocab(tmp_path / "spm.model")
+
+
+# ------------------------------------------------------------------ cuDNN attention and dropout
+# cuDNN's fused attention has no dropout. A config asking for both must fail, naming the two
+# fields and the two valid choices, and never silently run XLA attention instead (issue 17).
+
+
+@pytest.mark.parametrize("make", [
+    lambda: BertConfig.preset("tiny", attention_implementation="cudnn"),  # the paper's 0.1 by default
+    lambda: BertConfig.preset("tiny", attention_implementation="cudnn", attention_probs_dropout_prob=0.05),
+    lambda: BertConfig.preset("tiny", attention_probs_dropout_prob=0.0, attention_implementation="cudnn")
+    .replace(attention_probs_dropout_prob=0.1),
+    lambda: BertConfig.from_dict({**GOOGLE_BASE, "attention_implementation": "cudnn"}, source="run.json"),
+], ids=["preset default dropout", "explicit 0.05", "replace", "from_dict"])
+def test_cudnn_with_attention_dropout_is_an_error_naming_both_choices(make):
+    with pytest.raises(ConfigError) as e:
+        make()
+    message = str(e.value)
+    assert "attention_implementation='cudnn'" in message
+    assert "attention_probs_dropout_prob=" in message
+    assert "attention_probs_dropout_prob=0.0 with attention_implementation='cudnn'" in message
+    assert "attention_implementation='xla' with attention_probs_dropout_prob=" in message
+
+
+def test_the_two_valid_attention_choices():
+    fused = BertConfig.preset("base", attention_implementation="cudnn", attention_probs_dropout_prob=0.0)
+    paper = BertConfig.preset("base", attention_implementation="xla", attention_probs_dropout_prob=0.1)
+    assert (fused.attention_implementation, fused.attention_probs_dropout_prob) == ("cudnn", 0.0)
+    assert (paper.attention_implementation, paper.attention_probs_dropout_prob) == ("xla", 0.1)
+    # hidden dropout is not attention dropout: cudnn keeps the paper's 0.1 there
+    assert fused.hidden_dropout_prob == 0.1
+
+
+def test_released_checkpoint_configs_still_load_and_can_switch_to_cudnn_explicitly(tmp_path):
+    """Google / HF configs carry attention_probs_dropout_prob=0.1 and no attention_implementation:
+    they load as before (xla); switching to cudnn takes both fields."""
+    (tmp_path / "bert_config.json").write_text(json.dumps(GOOGLE_BASE))
+    hf = {**GOOGLE_BASE, "model_type": "bert", "architectures": ["BertForMaskedLM"], "transformers_version": "5.0.0"}
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    for name in ("bert_config.json", "config.json"):
+        cfg = BertConfig.from_json_file(tmp_path / name)
+        assert (cfg.attention_implementation, cfg.attention_probs_dropout_prob) == ("xla", 0.1)
+        with pytest.raises(ConfigError, match="attention_probs_dropout_prob=0.1"):
+            cfg.replace(attention_implementation="cudnn")
+        assert cfg.replace(attention_implementation="cudnn", attention_probs_dropout_prob=0.0).attention_implementation == "cudnn"
+
+
+def test_run_config_resolution_refuses_cudnn_with_the_default_attention_dropout():
+    """The trainer's resolve_model fills an unset run field with BertConfig's default (0.1), so a
+    fine-tuning run that asks for cudnn alone is refused before it starts, and with dropout 0 it runs."""
+    from bert_jax import train
+
+    checkpoint = BertConfig.from_dict(GOOGLE_BASE)
+    model = {name: None for name in BertConfig().to_dict()}
+    with pytest.raises(ConfigError, match="attention_implementation='cudnn'.*attention_probs_dropout_prob=0.1"):
+        train.resolve_model({**model, "attention_implementation": "cudnn"}, checkpoint, "ckpt")
+    resolved = train.resolve_model({**model, "attention_implementation": "cudnn", "attention_probs_dropout_prob": 0.0},
+                                   checkpoint, "ckpt")
+    assert (resolved["attention_implementation"], resolved["attention_probs_dropout_prob"]) == ("cudnn", 0.0)
+    assert train.resolve_model(model, checkpoint, "ckpt")["attention_implementation"] == "xla"
+
+
+@pytest.mark.parametrize("implementation, dropout, expected", [
+    ("cudnn", 0.0, ["cudnn"]),  # training: the fused kernel asked for, not an einsum fallback
+    ("xla", 0.0, ["xla"]),
+    ("xla", 0.1, []),  # the paper's attention dropout: explicit einsums with dropout
+])
+def test_training_runs_the_attention_the_config_names(monkeypatch, implementation, dropout, expected):
+    """Records the implementation BertSelfAttention passes to jax.nn.dot_product_attention in a
+    training forward pass (deterministic=False), and runs XLA's kernel in its place (CPU)."""
+    import jax
+    import jax.numpy as jnp
+
+    from bert_jax.modeling.models import BertModel
+
+    real = jax.nn.dot_product_attention
+    seen = []
+
+    def recording(*args, implementation=None, **kwargs):
+        seen.append(implementation)
+        return real(*args, implementation=None, **kwargs)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", recording)
+    cfg = BertConfig.preset("tiny", num_hidden_layers=1, attention_implementation=implementation,
+                            attention_probs_dropout_prob=dropout)
+    model = BertModel(cfg)
+    ids = jnp.ones((2, 8), jnp.int32)
+    mask = jnp.array([[1] * 8, [1] * 5 + [0] * 3], jnp.int32)
+    params = model.init(jax.random.PRNGKey(0), ids, attention_mask=mask)["params"]
+    seen.clear()
+    out = model.apply({"params": params}, ids, attention_mask=mask, deterministic=False,
+                      rngs={"dropout": jax.random.PRNGKey(1)})
+    assert jnp.isfinite(out["sequence_output"]).all()
+    assert seen == expected

@@ -2,8 +2,9 @@
 
 Attention runs through `jax.nn.dot_product_attention` (XLA, or cuDNN flash attention on GPU
 with `attention_implementation="cudnn"`). That function has no dropout, so when attention
-dropout is active (training with attention_probs_dropout_prob > 0) the same computation runs
-as explicit einsums with dropout on the probabilities. Softmax is in float32 on both paths.
+dropout is active (training with attention_probs_dropout_prob > 0, which BertConfig allows with
+"xla" only) the same computation runs as explicit einsums with dropout on the probabilities.
+Softmax is in float32 on both paths.
 """
 
 from __future__ import annotations
@@ -83,12 +84,14 @@ class BertSelfAttention(nn.Module):
         k = nn.with_logical_constraint(dense(cfg, heads, axes, "key")(x), qkv_names)
         v = nn.with_logical_constraint(dense(cfg, heads, axes, "value")(x), qkv_names)
         if deterministic or cfg.attention_probs_dropout_prob == 0.0:
+            # A "cudnn" config always comes here, in training too: BertConfig refuses cudnn with
+            # attention dropout > 0, so the implementation asked for is the one that runs.
             impl = cfg.attention_implementation
             if impl == "cudnn" and mask is not None:
                 # cuDNN turns the mask into a bias, which must be [batch, 1|heads, query, key].
                 mask = jnp.broadcast_to(mask, (mask.shape[0], 1, q.shape[1], k.shape[1]))
             out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
-        else:
+        else:  # "xla" with attention dropout: einsums, dropout on the probabilities
             dropout = Dropout(rate=cfg.attention_probs_dropout_prob)
             out = explicit_attention(q, k, v, mask, lambda p: dropout(p, deterministic=False))
         return nn.with_logical_constraint(out.astype(compute_dtype(cfg)), qkv_names)
