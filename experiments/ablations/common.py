@@ -96,14 +96,32 @@ CPU_EVALUATIONS = {
     "sentiment": {"config": "experiments/finetune_tsv.py:rotten_tomatoes", "overrides": dict(CPU_FINETUNE)},
     # Bible paraphrase pairs, MRPC-like: 100 steps of its 20,000 pairs.
     "paraphrase": {"config": "experiments/finetune_tsv.py:bible", "overrides": dict(CPU_FINETUNE)},
-    # WNUT-16 NER (CoNLL-2003 stands in the paper), ~1.3 epochs: fine-tuning, and feature-based
-    # with the encoder frozen, its last four layers concatenated into a two-layer BiLSTM (Table 8's).
+    # WNUT-16 NER (CoNLL-2003 stands in the paper), 300 steps (~6 epochs of its 1,636 tweets) at
+    # lr 1e-3: fine-tuning, and feature-based with the encoder frozen and its last four layers
+    # concatenated into a two-layer BiLSTM (Table 8's choice). WNUT-16 is hard: a real pretrained
+    # MiniLM reaches dev F1 ~0.1 (tests/test_learning_tasks.py), so expect F1 near 0 here.
     "ner": {"config": "experiments/finetune_ner.py:wnut16",
-            "overrides": {**CPU_FINETUNE, "optimizer.learning_rate": 3e-4}},
+            "overrides": {**CPU_FINETUNE, "train.num_steps": 300, "optimizer.warmup_steps": 30,
+                          "optimizer.learning_rate": 1e-3}},
     "ner_features": {"config": "experiments/finetune_ner.py:wnut16",
-                     "overrides": {**CPU_FINETUNE, "optimizer.learning_rate": 1e-3,
-                                   "task.features": "concat_last_four", "optimizer.frozen_params": "^bert/"}},
+                     "overrides": {**CPU_FINETUNE, "train.num_steps": 300, "optimizer.warmup_steps": 30,
+                                   "optimizer.learning_rate": 1e-3, **{
+                                       "task.features": "concat_last_four", "task.head": "bilstm",
+                                       "optimizer.frozen_params": "^bert/"}}},
 }
+# The paper's pretraining (experiments/pretrain.py:base is its phase 1: 900k steps of 256 x 128
+# tokens; phase 2 at 512 is left out of the ablations) on Wikipedia + books built as in
+# docs/scaling.md into $BERT_JAX_PAPER_DATA (e.g. gs://BUCKET): wiki_128/ and books_128/ with
+# static masks, wiki_128_unmasked/ and books_128_unmasked/ (--no_masking) for the rows that mask
+# at load time or read tokens as they are, heldout_128/ for Table 6's perplexity, and vocab.txt.
+PAPER_DATA = "$BERT_JAX_PAPER_DATA"
+
+
+def paper_instances(unmasked: bool = False) -> str:
+    suffix = "_unmasked" if unmasked else ""
+    return f"{PAPER_DATA}/wiki_128{suffix}/*.array_record,{PAPER_DATA}/books_128{suffix}/*.array_record"
+
+
 PAPER_EVALUATIONS = {
     "mnli": {"config": "experiments/finetune_glue.py:mnli", "overrides": {}},
     "qnli": {"config": "experiments/finetune_glue.py:qnli", "overrides": {}},
@@ -112,7 +130,8 @@ PAPER_EVALUATIONS = {
     "squad": {"config": "experiments/finetune_squad.py:v1.1", "overrides": {}},
     "ner": {"config": "experiments/finetune_ner.py:conll2003", "overrides": {}},
     "ner_features": {"config": "experiments/finetune_ner.py:conll2003",
-                     "overrides": {"task.features": "concat_last_four", "optimizer.frozen_params": "^bert/"}},
+                     "overrides": {"task.features": "concat_last_four", "task.head": "bilstm",
+                                   "optimizer.frozen_params": "^bert/"}},
 }
 # The column of our metrics table that stands in for each paper column, per budget.
 STAND_INS = {

@@ -40,11 +40,10 @@ PAPER_TABLE = {
 
 def get_sweep(budget: str = "cpu"):
     common.check_budget(budget, __file__)
-    feature_lr = {"optimizer.learning_rate": 1e-3} if budget == "cpu" else {}
     variants = {"fine_tuning": {"pretrain": {}, "finetune": {}}}
     for name, features in FEATURES.items():
-        variants[name] = {"pretrain": {}, "finetune": {"task.features": features, "optimizer.frozen_params": "^bert/",
-                                                       **feature_lr}}
+        variants[name] = {"pretrain": {}, "finetune": {"task.features": features, "task.head": "bilstm",
+                                                       "optimizer.frozen_params": "^bert/"}}
     sweep = common.paper_sweep(budget, variants=variants, evaluations=("ner",), paper=PAPER_TABLE)
     sweep["paper"]["title"] += " (dev F1)"
     return sweep
