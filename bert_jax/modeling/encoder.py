@@ -71,10 +71,14 @@ class BertLayer(nn.Module):
 
 
 class _ScannedBertLayer(BertLayer):
-    """BertLayer with nn.scan's (carry, per-step output) signature; same parameter names."""
+    """BertLayer with nn.scan's (carry, per-step output) signature; same parameter names.
+    The per-step output is the layer's output when `emit_outputs` (hidden states), else None."""
+
+    emit_outputs: bool = False
 
     def __call__(self, x, mask, deterministic):
-        return super().__call__(x, mask, deterministic), None
+        y = super().__call__(x, mask, deterministic)
+        return y, (y if self.emit_outputs else None)
 
 
 _REMAT_POLICIES = {
@@ -90,14 +94,22 @@ class BertEncoder(nn.Module):
     In the loop layout the last layer then computes only those rows (keys and values still
     cover every position): for BERT-base pretraining with 20 of 128 positions read by the
     heads, that skips ~5% of the model's FLOPs. The scan layout computes every row, then gathers.
+
+    `output_hidden_states=True` -> (output, hidden_states [num_layers + 1, batch, length, embed]):
+    the encoder's input (the embeddings' output) and every layer's output, as Hugging Face's
+    `output_hidden_states` counts them; with pre_layer_norm the last entry is after the final
+    LayerNorm, so hidden_states[-1] is always the returned output. Same values in both layouts.
     """
 
     config: BertConfig
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None, deterministic: bool,
-                 output_positions: jax.Array | None = None) -> jax.Array:
+                 output_positions: jax.Array | None = None, output_hidden_states: bool = False):
         cfg = self.config
+        if output_hidden_states and output_positions is not None:
+            raise ValueError("BertEncoder: output_hidden_states needs every position; pass output_positions=None")
+        hidden_states = [x]
         if cfg.scan_layers:
             layer_cls = _ScannedBertLayer
             if cfg.remat != "none":
@@ -111,7 +123,9 @@ class BertEncoder(nn.Module):
                 length=cfg.num_hidden_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x, _ = stack(cfg, name="layers")(x, mask, deterministic)
+            x, outputs = stack(cfg, emit_outputs=output_hidden_states, name="layers")(x, mask, deterministic)
+            if output_hidden_states:
+                hidden_states.extend(outputs[i] for i in range(cfg.num_hidden_layers))
             if output_positions is not None:
                 x = gather_positions(x, output_positions)
         else:
@@ -121,8 +135,12 @@ class BertEncoder(nn.Module):
             last = cfg.num_hidden_layers - 1
             for i in range(cfg.num_hidden_layers):
                 x = layer_cls(cfg, name=f"layer_{i}")(x, mask, deterministic, output_positions if i == last else None)
+                hidden_states.append(x)
         if cfg.pre_layer_norm:
             x = layer_norm(cfg, name="final_LayerNorm")(x)
+            hidden_states[-1] = x
+        if output_hidden_states:
+            return x, jnp.stack(hidden_states)
         return x
 
 

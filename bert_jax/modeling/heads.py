@@ -70,3 +70,52 @@ class PreTrainingHeads(nn.Module):
         mlm_logits = MaskedLMHead(self.config, name="predictions")(sequence_output, word_embeddings)
         nsp_logits = logits_dense(self.config, 2, "seq_relationship")(pooled_output)
         return mlm_logits, nsp_logits
+
+
+# The layer combinations of the paper's Table 7 (feature-based NER), by config.task.features.
+FEATURE_MODES = ("embeddings", "second_to_last", "last", "sum_last_four", "concat_last_four", "sum_all")
+_HIDDEN_STATES_NEEDED = {"embeddings": 1, "second_to_last": 2, "last": 1, "sum_last_four": 4,
+                         "concat_last_four": 4, "sum_all": 1}
+
+
+class LayerFeatures(nn.Module):
+    """hidden_states [num_layers + 1, batch, length, embed] (the embeddings' output, then each
+    layer's) -> float32 features [batch, length, F], as Table 7 of the paper combines them:
+
+      embeddings        hidden_states[0]                                     F = embed
+      second_to_last    hidden_states[-2]                                    F = embed
+      last              hidden_states[-1]                                    F = embed
+      sum_last_four     gamma * sum_j softmax(w)_j hidden_states[-4 + j]     F = embed
+      concat_last_four  hidden_states[-4] | ... | hidden_states[-1]          F = 4 * embed
+      sum_all           gamma * sum_j softmax(w)_j hidden_states[j]          F = embed
+
+    The paper's "weighted sum" is not specified further; the weighted modes are ELMo's scalar mix
+    (Peters et al. 2018, eq. 1): learned scalars `weights` (one per layer, init 0 = the plain
+    mean), softmax-normalised, and a learned scale `gamma` (init 1). The "last four" modes need
+    four hidden states (3 layers + the embeddings at least): a mode that needs more hidden states
+    than the model has is an error.
+    """
+
+    mode: str
+
+    @nn.compact
+    def __call__(self, hidden_states: jax.Array) -> jax.Array:
+        if self.mode not in FEATURE_MODES:
+            raise ValueError(f"config.task.features: expected one of {FEATURE_MODES}, found {self.mode!r}")
+        available, needed = hidden_states.shape[0], _HIDDEN_STATES_NEEDED[self.mode]
+        if available < needed:
+            raise ValueError(f"config.task.features={self.mode!r} needs {needed} hidden states (embeddings + "
+                             f"{needed - 1} layers); the model has {available - 1} layer(s)")
+        hidden_states = hidden_states.astype(jnp.float32)
+        if self.mode == "embeddings":
+            return hidden_states[0]
+        if self.mode == "second_to_last":
+            return hidden_states[-2]
+        if self.mode == "last":
+            return hidden_states[-1]
+        if self.mode == "concat_last_four":
+            return jnp.concatenate(list(hidden_states[-4:]), axis=-1)
+        chosen = hidden_states[-4:] if self.mode == "sum_last_four" else hidden_states
+        weights = self.param("weights", nn.initializers.zeros, (chosen.shape[0],), jnp.float32)
+        gamma = self.param("gamma", nn.initializers.ones, (), jnp.float32)
+        return gamma * jnp.einsum("k,kble->ble", jax.nn.softmax(weights), chosen)

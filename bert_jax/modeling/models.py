@@ -13,10 +13,12 @@ from flax import linen as nn
 
 from bert_jax.config import BertConfig
 from bert_jax.modeling.attention import make_attention_mask
+from bert_jax.modeling.common import dense, param_dtype
 from bert_jax.modeling.dropout import Dropout
 from bert_jax.modeling.embeddings import BertEmbeddings
 from bert_jax.modeling.encoder import BertEncoder
-from bert_jax.modeling.heads import BertPooler, PreTrainingHeads, logits_dense
+from bert_jax.modeling.heads import BertPooler, LayerFeatures, PreTrainingHeads, logits_dense
+from bert_jax.modeling.recurrent import BiLSTM, lengths_from_mask
 
 
 def _check_inputs(config: BertConfig, input_ids, **others) -> None:
@@ -59,6 +61,9 @@ class BertModel(nn.Module):
     With `output_positions` [batch, Q], sequence_output is [batch, Q, embed] at those positions
     and the last layer computes only them and the row the pooler reads ([CLS]; with causal
     attention the last real token).
+
+    `output_hidden_states=True` adds "hidden_states" [num_layers + 1, batch, length, embed]: the
+    embeddings' output, then every layer's (BertEncoder; both layer layouts).
     """
 
     config: BertConfig
@@ -77,6 +82,7 @@ class BertModel(nn.Module):
         packed_segment_ids: jax.Array | None = None,
         deterministic: bool = True,
         output_positions: jax.Array | None = None,
+        output_hidden_states: bool = False,
     ) -> dict[str, jax.Array]:
         _check_inputs(
             self.config,
@@ -92,11 +98,18 @@ class BertModel(nn.Module):
         mask = make_attention_mask(attention_mask, packed_segment_ids, self.config.causal_attention, input_ids.shape[1])
         pool_position = _pool_position(self.config, input_ids, attention_mask, packed_segment_ids)  # [batch, 1]
         if output_positions is None:
-            sequence_output = self.encoder(x, mask, deterministic)
+            hidden = {}
+            if output_hidden_states:
+                sequence_output, hidden["hidden_states"] = self.encoder(x, mask, deterministic,
+                                                                        output_hidden_states=True)
+            else:
+                sequence_output = self.encoder(x, mask, deterministic)
             pool_rows = sequence_output  # the pooler reads row 0
             if self.config.causal_attention:
                 pool_rows = jnp.take_along_axis(sequence_output, pool_position[:, :, None], axis=1)
-            return {"sequence_output": sequence_output, "pooled_output": self.pooler(pool_rows)}
+            return {"sequence_output": sequence_output, "pooled_output": self.pooler(pool_rows), **hidden}
+        if output_hidden_states:
+            raise ValueError("BertModel: output_hidden_states needs every position; pass output_positions=None")
         _check_positions("output_positions", output_positions, input_ids)
         pool_first = jnp.concatenate([pool_position.astype(output_positions.dtype), output_positions], axis=1)
         rows = self.encoder(x, mask, deterministic, pool_first)  # [batch, 1 + Q, embed]
@@ -184,3 +197,88 @@ class BertForQuestionAnswering(nn.Module):
         )
         logits = logits_dense(self.config, 2, "qa_outputs")(out["sequence_output"])  # [batch, length, 2]
         return {**out, "start_logits": logits[..., 0], "end_logits": logits[..., 1]}
+
+
+# ---- BiLSTM heads (the paper's Tables 5 and 7). No transformers class holds them: their runs
+# cannot be exported as Hugging Face / Google checkpoints (bert_jax.convert refuses them).
+
+
+def _bilstm_lengths(input_ids, attention_mask, packed_segment_ids) -> jax.Array:
+    if packed_segment_ids is not None:
+        raise ValueError("the BiLSTM heads read one sequence per row; packed_segment_ids is not supported")
+    if attention_mask is None:
+        return jnp.full(input_ids.shape[:1], input_ids.shape[1], jnp.int32)
+    return lengths_from_mask(attention_mask)
+
+
+def _bilstm(config: BertConfig, hidden_size: int, num_layers: int) -> BiLSTM:
+    return BiLSTM(hidden_size=hidden_size, num_layers=num_layers, param_dtype=param_dtype(config), name="bilstm")
+
+
+def _bilstm_classifier(config: BertConfig, num_labels: int) -> nn.Module:
+    # float32 logits; the input is the BiLSTM's 2 * hidden features, not `embed` (no logical axis).
+    return dense(config, num_labels, (None, None), "classifier", dtype=jnp.float32)
+
+
+class BertBiLSTMForTokenClassification(nn.Module):
+    """BERT, then a randomly initialised BiLSTM (`bilstm/`, bert_jax.modeling.recurrent), then a
+    dense layer per token -> logits [batch, length, num_labels].
+
+    features="" (fine-tuning, the paper's Table 5 "+ BiLSTM"): the BiLSTM reads the last layer
+    (dropout before and after it) and the whole model trains.
+    features=<one of heads.FEATURE_MODES> (feature-based, Table 7, ELMo-style): the encoder runs
+    deterministically (no dropout) and returns every hidden state; those pass through
+    stop_gradient (no backward pass runs through the encoder), are combined by LayerFeatures
+    (`feature_mix/`), then dropout, the BiLSTM, dropout and the classifier. The encoder's params
+    must also be frozen in the optimizer (config.optimizer.frozen_params), else weight decay
+    would still move them; the NER task refuses a feature-based run that does not freeze them.
+    The real tokens of a row are the first ones (attention_mask 1, then padding).
+    """
+
+    config: BertConfig
+    num_labels: int = 2
+    bilstm_hidden_size: int = 768
+    bilstm_layers: int = 2
+    features: str = ""
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None,
+                 packed_segment_ids=None, deterministic: bool = True) -> dict[str, jax.Array]:
+        lengths = _bilstm_lengths(input_ids, attention_mask, packed_segment_ids)
+        bert = BertModel(self.config, name="bert")
+        if self.features:
+            out = bert(input_ids, token_type_ids, attention_mask, position_ids, packed_segment_ids,
+                       deterministic=True, output_hidden_states=True)
+            hidden_states = jax.lax.stop_gradient(out.pop("hidden_states"))
+            x = LayerFeatures(self.features, name="feature_mix")(hidden_states)
+        else:
+            out = bert(input_ids, token_type_ids, attention_mask, position_ids, packed_segment_ids, deterministic)
+            x = out["sequence_output"]
+        x = Dropout(rate=self.config.hidden_dropout_prob)(x, deterministic=deterministic)
+        seq, _ = _bilstm(self.config, self.bilstm_hidden_size, self.bilstm_layers)(x, lengths)
+        seq = Dropout(rate=self.config.hidden_dropout_prob)(seq, deterministic=deterministic)
+        return {**out, "logits": _bilstm_classifier(self.config, self.num_labels)(seq)}
+
+
+class BertBiLSTMForSequenceClassification(nn.Module):
+    """BERT, then a randomly initialised BiLSTM over the last layer (the paper's Table 5 "+ BiLSTM"),
+    then dense on concat(the forward state after the last real token, the backward state after
+    the first) -> logits [batch, num_labels] (1 = regression). Dropout before the BiLSTM and
+    before the classifier; the pooler is not used."""
+
+    config: BertConfig
+    num_labels: int = 2
+    bilstm_hidden_size: int = 768
+    bilstm_layers: int = 2
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None,
+                 packed_segment_ids=None, deterministic: bool = True) -> dict[str, jax.Array]:
+        lengths = _bilstm_lengths(input_ids, attention_mask, packed_segment_ids)
+        out = BertModel(self.config, name="bert")(
+            input_ids, token_type_ids, attention_mask, position_ids, packed_segment_ids, deterministic
+        )
+        x = Dropout(rate=self.config.hidden_dropout_prob)(out["sequence_output"], deterministic=deterministic)
+        _, final = _bilstm(self.config, self.bilstm_hidden_size, self.bilstm_layers)(x, lengths)
+        final = Dropout(rate=self.config.hidden_dropout_prob)(final, deterministic=deterministic)
+        return {**out, "logits": _bilstm_classifier(self.config, self.num_labels)(final)}
