@@ -7,6 +7,12 @@ Config fields (`config.optimizer`, defaults = the BERT paper / google-research/b
   b1, b2, eps       0.9, 0.999, 1e-6
   weight_decay      0.01, decoupled (AdamW), never on LayerNorm parameters or biases
   clip_global_norm  1.0 (0 disables)
+  frozen_params     "" (nothing frozen): a regular expression searched in each parameter's path
+                    ("bert/encoder/layer_0/attention/self/query/kernel"; the scan layout says
+                    "bert/encoder/layers/..."). Matching parameters get no update, no optimizer
+                    state and no weight decay, so they stay bitwise unchanged; the rest train
+                    as above (clipped by their own global norm). "^bert/" freezes the encoder.
+                    A pattern that matches no parameter, or every one, is an error.
 
 Differences from Google's `AdamWeightDecayOptimizer`, on purpose: optax's Adam corrects the
 moment bias (Google's does not; the difference fades within the 10k warmup steps), and the
@@ -60,8 +66,42 @@ def weight_decay_mask(params: Any) -> Any:
         lambda path, _: NO_DECAY_PATTERN.search(param_path(path)) is None, params)
 
 
+FROZEN, TRAINED = "frozen", "trained"
+
+
+def compile_frozen_pattern(pattern: str) -> re.Pattern:
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"config.optimizer.frozen_params={pattern!r} is not a regular expression: {e}") from None
+
+
+def frozen_labels(pattern: str):
+    """params -> the same tree of "frozen" / "trained" labels (optax.multi_transform's labels)."""
+    regex = compile_frozen_pattern(pattern)
+
+    def labels(params):
+        tree = jax.tree_util.tree_map_with_path(
+            lambda path, _: FROZEN if regex.search(param_path(path)) else TRAINED, params)
+        flat = jax.tree_util.tree_leaves_with_path(tree)
+        if not flat:  # optax.tree_map_params traces init on a leafless placeholder: nothing to check
+            return tree
+        frozen = [param_path(p) for p, label in flat if label == FROZEN]
+        if not frozen:
+            raise ValueError(f"config.optimizer.frozen_params={pattern!r} matches no parameter (they are named "
+                             f"like {param_path(flat[0][0])!r}); '' freezes nothing")
+        if len(frozen) == len(flat):
+            raise ValueError(f"config.optimizer.frozen_params={pattern!r} matches every parameter: nothing would "
+                             "train")
+        return tree
+
+    return labels
+
+
 def make_optimizer(optimizer_config: Mapping[str, Any], total_steps: int) -> optax.GradientTransformation:
-    """The optax transformation named by `config.optimizer.name`, with clipping and the schedule."""
+    """The optax transformation named by `config.optimizer.name`, with clipping and the schedule;
+    with `frozen_params`, that transformation on the other parameters and optax.set_to_zero()
+    on the frozen ones (optax.multi_transform: the frozen partition holds no state)."""
     cfg = optimizer_config
     schedule = learning_rate_schedule(float(cfg["learning_rate"]), int(cfg["warmup_steps"]), total_steps)
     common = dict(learning_rate=schedule, b1=float(cfg["b1"]), b2=float(cfg["b2"]), eps=float(cfg["eps"]),
@@ -79,6 +119,9 @@ def make_optimizer(optimizer_config: Mapping[str, Any], total_steps: int) -> opt
         raise ValueError(f"config.optimizer.clip_global_norm: expected >= 0 (0 disables), found {clip}")
     if clip > 0:
         tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+    frozen = str(cfg.get("frozen_params", "") or "")
+    if frozen:
+        tx = optax.multi_transform({TRAINED: tx, FROZEN: optax.set_to_zero()}, frozen_labels(frozen))
     return tx
 
 
@@ -87,4 +130,4 @@ def default_config():
     import ml_collections
     return ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=1e-4, warmup_steps=10_000, b1=0.9, b2=0.999, eps=1e-6,
-        weight_decay=0.01, clip_global_norm=1.0))
+        weight_decay=0.01, clip_global_norm=1.0, frozen_params=""))

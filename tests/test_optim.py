@@ -201,3 +201,73 @@ def test_mask_on_the_real_model_tree():
             assert decayed == (not excluded), name
         decayed = sorted(name for name, v in flat.items() if v)
         assert len(decayed) == 6 + 6 * (1 if scan else 2)  # 3 embeddings, pooler, MLM transform, NSP + 6 kernels per layer
+
+
+# ---- config.optimizer.frozen_params ---------------------------------------------------------
+
+
+def _flat(tree):
+    return {optim.param_path(p): v for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _split(params, prefix="bert"):
+    return {k: v for k, v in params.items() if k == prefix}, {k: v for k, v in params.items() if k != prefix}
+
+
+def test_frozen_params_stay_bitwise_and_the_rest_train_as_if_alone():
+    """frozen_params='^bert/' over 4 AdamW steps (decay 0.01, clipping at 1.0, non-zero gradients
+    everywhere): the bert/ leaves are bitwise their start, and the other leaves follow exactly
+    what make_optimizer without frozen_params does to them alone (their own clipping norm)."""
+    rng = np.random.default_rng(2)
+    params = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), _bert_like_params())
+    grads = [jax.tree.map(lambda x: jnp.asarray(5 * rng.normal(size=x.shape), jnp.float32), params) for _ in range(4)]
+    cfg = optim.default_config()
+    cfg.warmup_steps, cfg.learning_rate = 1, 1e-2
+    plain = optim.make_optimizer(cfg, total_steps=10)
+    cfg.frozen_params = "^bert/"
+    tx = optim.make_optimizer(cfg, total_steps=10)
+    _, head = _split(params)
+    state, head_state = tx.init(params), plain.init(head)
+    start = jax.tree.map(np.array, params)
+    for g in grads:
+        updates, state = tx.update(g, state, params)
+        params = optax.apply_updates(params, updates)
+        head_updates, head_state = plain.update(_split(g)[1], head_state, head)
+        head = optax.apply_updates(head, head_updates)
+    for name, value in _flat(params).items():
+        if name.startswith("bert/"):
+            assert np.array_equal(np.asarray(value), _flat(start)[name]), name
+        else:
+            assert np.array_equal(np.asarray(value), np.asarray(_flat(head)[name])), name
+            assert not np.array_equal(np.asarray(value), _flat(start)[name]), name
+
+
+def test_frozen_params_have_no_optimizer_state():
+    cfg = optim.default_config()
+    cfg.frozen_params, cfg.warmup_steps = r"^bert/(embeddings|encoder)/", 1
+    params = _bert_like_params()
+    state = optim.make_optimizer(cfg, total_steps=10).init(params)
+    # Adam's moments: one pair per trained parameter and none for a frozen one.
+    moments = [s for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+               if isinstance(s, optax.ScaleByAdamState)]
+    assert len(moments) == 1
+    frozen = [n for n in _flat(params) if n.startswith(("bert/embeddings/", "bert/encoder/"))]
+    trained = sorted(n for n in _flat(params) if n not in frozen)
+    assert frozen and trained
+    for field in (moments[0].mu, moments[0].nu):
+        assert sorted(_flat(field)) == trained  # MaskedNode leaves of frozen params hold no array
+    held = sum(x.size for x in jax.tree.leaves(state))
+    assert held == 2 * sum(_flat(params)[n].size for n in trained) + 2  # mu, nu + Adam's and the schedule's counts
+
+
+def test_frozen_params_errors_name_the_field():
+    cfg = optim.default_config()
+    cfg.warmup_steps = 1
+    params = _bert_like_params()
+    for pattern, message in (("^bert/(", r"frozen_params='\^bert/\(' is not a regular expression"),
+                             ("^encoder/", r"frozen_params='\^encoder/' matches no parameter .* 'bert/"),
+                             (".", r"frozen_params='.' matches every parameter: nothing would train")):
+        cfg.frozen_params = pattern
+        with pytest.raises(ValueError, match=message):
+            optim.make_optimizer(cfg, total_steps=10).init(params)
+    assert optim.default_config().frozen_params == ""  # BERT's default: nothing frozen
