@@ -99,7 +99,9 @@ class SequenceClassificationTask(Task):
     """Classification (label_names given) or regression (label_names None) over text (pairs).
 
     `eval_sets` maps a name to examples; with more than one set (MNLI matched/mismatched)
-    every metric is reported per set as `<metric>_<name>`.
+    every metric is reported per set as `<metric>_<name>`. `head` (features.HeadOptions, default
+    BERT's linear head) chooses the model: `finetuning.head_options(config)` reads it from
+    config.task.head / bilstm_hidden_size / bilstm_layers.
     """
 
     higher_is_better = True
@@ -115,8 +117,13 @@ class SequenceClassificationTask(Task):
         max_seq_length: int,
         metric_fn: MetricFn,
         main_metric: str,
+        head: features_lib.HeadOptions | None = None,
     ):
         self.name = name
+        self.head = features_lib.HeadOptions() if head is None else head
+        if self.head.features:
+            raise ValueError(f"config.task.features={self.head.features!r}: the feature-based mode is for token "
+                             f"classification (NER); {name} fine-tunes (features='')")
         self.tokenizer = tokenizer
         self.label_names = None if label_names is None else [str(n) for n in label_names]
         self.is_regression = label_names is None
@@ -188,10 +195,8 @@ class SequenceClassificationTask(Task):
 
     # -- the Task contract
     def make_model(self, bert_config):
-        from bert_jax.modeling.models import BertForSequenceClassification
-
         features_lib.check_vocab(self.tokenizer, bert_config)
-        return BertForSequenceClassification(config=bert_config, num_labels=self.num_labels)
+        return self.head.sequence_model(bert_config, self.num_labels)
 
     def train_iterator(self, batch_size, seed, process_index=0, process_count=1):
         return features_lib.ArrayBatchIterator(self.train_features, batch_size, seed, process_index, process_count)

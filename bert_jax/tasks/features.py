@@ -1,8 +1,10 @@
-"""Pieces every fine-tuning task shares: the tokenizer hook, the vocab check, and batching of
-fixed-size numpy feature arrays (a resumable shuffled training stream, padded eval batches)."""
+"""Pieces every fine-tuning task shares: the tokenizer hook, the vocab check, the head options
+(linear / BiLSTM, feature-based), and batching of fixed-size numpy feature arrays (a resumable
+shuffled training stream, padded eval batches)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pathlib
 from typing import Iterator
@@ -46,6 +48,102 @@ def check_vocab(tokenizer, bert_config) -> None:
             f"tokenizer vocab {tokenizer.path} has {tokenizer.vocab_size} entries but the checkpoint's "
             f"vocab_size is {bert_config.vocab_size}: the vocab file does not belong to this checkpoint"
         )
+
+
+HEADS = ("linear", "bilstm")
+DEFAULT_BILSTM_LAYERS = 2  # the paper's Table 7: "a randomly initialized two-layer 768-dimensional BiLSTM"
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadOptions:
+    """What sits between the encoder and the logits (config.task.head, bilstm_hidden_size,
+    bilstm_layers, features; see bert_jax.tasks.finetuning.head_options).
+
+    head="linear" (BERT's): dropout + dense on the pooled output or on every token.
+    head="bilstm": a randomly initialised BiLSTM between the encoder and that dense layer
+      (bert_jax.modeling.BertBiLSTMFor*), `bilstm_layers` layers (None: 2) of
+      `bilstm_hidden_size` units per direction (None: the encoder's hidden_size, the paper's
+      768 for BERT-base).
+    features (token classification only; "" = fine-tuning): one of modeling.FEATURE_MODES,
+      the feature-based mode of the paper's Table 7: frozen encoder, hidden states combined,
+      then the BiLSTM (head must be "bilstm") and the classifier.
+    """
+
+    head: str = "linear"
+    bilstm_hidden_size: int | None = None
+    bilstm_layers: int | None = None
+    features: str = ""
+
+    def __post_init__(self):
+        from bert_jax.modeling.heads import FEATURE_MODES
+
+        if self.head not in HEADS:
+            raise ValueError(f"config.task.head: expected one of {HEADS}, found {self.head!r}")
+        if self.head == "linear":
+            given = [f"bilstm_{n}={v}" for n, v in (("hidden_size", self.bilstm_hidden_size),
+                                                     ("layers", self.bilstm_layers)) if v is not None]
+            if given:
+                raise ValueError(f"config.task.{given[0]} is set but config.task.head='linear' has no BiLSTM; "
+                                 "set config.task.head='bilstm' or leave the bilstm_* fields unset")
+        for name, value in (("bilstm_hidden_size", self.bilstm_hidden_size), ("bilstm_layers", self.bilstm_layers)):
+            if value is not None and int(value) < 1:
+                raise ValueError(f"config.task.{name}: expected >= 1 (or unset for the default), found {value}")
+        if self.features and self.features not in FEATURE_MODES:
+            raise ValueError(f"config.task.features: expected '' (fine-tuning) or one of {FEATURE_MODES}, "
+                             f"found {self.features!r}")
+        if self.features and self.head != "bilstm":
+            raise ValueError(f"config.task.features={self.features!r} (feature-based, the paper's Table 7) feeds "
+                             f"a two-layer BiLSTM, but config.task.head={self.head!r}; set config.task.head='bilstm'")
+
+    def _bilstm_sizes(self, bert_config) -> dict:
+        return dict(bilstm_hidden_size=int(self.bilstm_hidden_size or bert_config.hidden_size),
+                    bilstm_layers=int(self.bilstm_layers or DEFAULT_BILSTM_LAYERS))
+
+    def sequence_model(self, bert_config, num_labels: int):
+        from bert_jax.modeling import models
+
+        if self.features:
+            raise ValueError(f"config.task.features={self.features!r}: the feature-based mode is for token "
+                             "classification (NER); sentence classification fine-tunes (features='')")
+        if self.head == "linear":
+            return models.BertForSequenceClassification(config=bert_config, num_labels=num_labels)
+        return models.BertBiLSTMForSequenceClassification(config=bert_config, num_labels=num_labels,
+                                                          **self._bilstm_sizes(bert_config))
+
+    def token_model(self, bert_config, num_labels: int):
+        from bert_jax.modeling import models
+
+        if self.head == "linear":
+            return models.BertForTokenClassification(config=bert_config, num_labels=num_labels)
+        return models.BertBiLSTMForTokenClassification(config=bert_config, num_labels=num_labels,
+                                                       features=self.features, **self._bilstm_sizes(bert_config))
+
+
+def check_frozen_encoder(model, features: str, frozen_params: str) -> None:
+    """A feature-based model (features != "") must have every encoder parameter (`bert/...`)
+    frozen by config.optimizer.frozen_params, and nothing else (its head must train): the
+    model's stop_gradient alone would leave weight decay moving the encoder."""
+    if not features:
+        return
+    import jax
+    import jax.numpy as jnp
+
+    from bert_jax import optim
+
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32)))["params"]
+    names = [optim.param_path(p) for p, _ in jax.tree_util.tree_leaves_with_path(shapes)]
+    regex = optim.compile_frozen_pattern(frozen_params) if frozen_params else None
+    frozen = {n for n in names if regex is not None and regex.search(n)}
+    left = [n for n in names if n.startswith("bert/") and n not in frozen]
+    if left:
+        raise ValueError(
+            f"config.task.features={features!r} (feature-based) needs the encoder frozen, but "
+            f"config.optimizer.frozen_params={frozen_params!r} leaves {len(left)} encoder parameter(s) training "
+            f"(e.g. {left[0]}); set --config.optimizer.frozen_params='^bert/'")
+    head_frozen = sorted(n for n in frozen if not n.startswith("bert/"))
+    if head_frozen:
+        raise ValueError(f"config.task.features={features!r}: config.optimizer.frozen_params={frozen_params!r} also "
+                         f"freezes the head ({head_frozen[0]}, ...); freeze the encoder alone ('^bert/')")
 
 
 class ArrayBatchIterator:

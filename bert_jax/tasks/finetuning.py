@@ -11,6 +11,16 @@
     warmup_proportion    0.1: optimizer.warmup_steps = 10% of the steps; < 0: give optimizer.warmup_steps
     sweep                the paper's grid: learning_rate {5e-5, 3e-5, 2e-5}, batch_size {16, 32}, num_epochs {2, 3, 4}
 
+Experiments whose task supports them add the head fields (`add_head_fields`; NER and TSV do):
+
+    task.head                "linear" (BERT's dense layer) | "bilstm" (a randomly initialised BiLSTM
+                             between the encoder and it: the paper's Table 5 "+ BiLSTM")
+    task.bilstm_hidden_size  unset = the encoder's hidden_size (units per direction)
+    task.bilstm_layers       unset = 2 (the paper's Table 7)
+    task.features            (token classification) "" = fine-tuning, or a layer combination of the
+                             paper's Table 7 for the feature-based mode (frozen encoder: needs
+                             optimizer.frozen_params='^bert/' and head='bilstm'); see features.HeadOptions
+
 `config.model`: the architecture fields (vocab_size, hidden_size, ...) are unset, meaning "the
 checkpoint's"; a value given for one must equal the checkpoint's, else the run is refused. The
 run's own fields (dtype, param_dtype, remat, scan_layers, attention_implementation and the two
@@ -69,6 +79,24 @@ def base_config(task_name: str, *, max_seq_length: int = 128, learning_rate: flo
     config.checkpoint.async_save = False
     config.logging.progress_bar = False
     return config
+
+
+def add_head_fields(config: ml_collections.ConfigDict, features: bool = False) -> ml_collections.ConfigDict:
+    """Adds config.task.head / bilstm_hidden_size / bilstm_layers (and features, for a token
+    classification task) at their defaults: BERT's linear head, fine-tuning."""
+    config.task.head = "linear"
+    config.task.bilstm_hidden_size = ml_collections.FieldReference(None, field_type=int)  # the encoder's hidden_size
+    config.task.bilstm_layers = ml_collections.FieldReference(None, field_type=int)  # 2
+    if features:
+        config.task.features = ""
+    return config
+
+
+def head_options(config) -> features_lib.HeadOptions:
+    """The task's HeadOptions from the fields of `add_head_fields` (validated; absent = defaults)."""
+    t = config.task
+    return features_lib.HeadOptions(head=str(t.get("head", "linear")), bilstm_hidden_size=t.get("bilstm_hidden_size"),
+                                    bilstm_layers=t.get("bilstm_layers"), features=str(t.get("features", "") or ""))
 
 
 def model_placeholder() -> ml_collections.ConfigDict:

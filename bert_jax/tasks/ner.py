@@ -10,6 +10,11 @@ sub-token at all (e.g. a lone control or zero-width character) is predicted "O";
 counted in the log. A sentence longer than `max_seq_length - 2` sub-tokens is cut at word
 boundaries into several sequences (counted in the log), so every word is scored.
 
+The head (config.task.head, features.HeadOptions): BERT's dense layer per token (default), or a
+BiLSTM before it ("bilstm"; the paper's Table 5 row), and the feature-based mode of Table 7
+(config.task.features: the encoder frozen, its hidden states combined, then a two-layer BiLSTM;
+the run must freeze the encoder with config.optimizer.frozen_params='^bert/').
+
 Batches: input_ids, token_type_ids, attention_mask, label_ids, label_weights
 ([batch, length]), sequence_index ([batch]), example_weight ([batch]).
 """
@@ -170,7 +175,13 @@ class NerTask(features_lib.ArrayFeaturesTask, Task):
     main_metric = "f1"
     higher_is_better = True
 
-    def __init__(self, *, tokenizer, train_sentences, eval_sentences, max_seq_length: int = 128, name: str = "ner"):
+    def __init__(self, *, tokenizer, train_sentences, eval_sentences, max_seq_length: int = 128, name: str = "ner",
+                 head: features_lib.HeadOptions | None = None, frozen_params: str = ""):
+        """`head`: BERT's linear tagger by default; a BiLSTM, and the feature-based mode (see
+        features.HeadOptions). `frozen_params` is config.optimizer.frozen_params: a feature-based
+        model is refused unless it freezes the whole encoder (features.check_frozen_encoder)."""
+        self.head = features_lib.HeadOptions() if head is None else head
+        self.frozen_params = frozen_params
         self.tokenizer = tokenizer
         self.train_sentences = list(train_sentences)
         self.eval_sentences = list(eval_sentences)
@@ -206,10 +217,10 @@ class NerTask(features_lib.ArrayFeaturesTask, Task):
         return int(self.train_features.arrays["input_ids"].shape[0])
 
     def make_model(self, bert_config):
-        from bert_jax.modeling.models import BertForTokenClassification
-
         features_lib.check_vocab(self.tokenizer, bert_config)
-        return BertForTokenClassification(config=bert_config, num_labels=self.num_labels)
+        model = self.head.token_model(bert_config, self.num_labels)
+        features_lib.check_frozen_encoder(model, self.head.features, self.frozen_params)
+        return model
 
     def _logits(self, model, params, batch, deterministic, dropout_rng=None):
         outputs = features_lib.apply_model(model, params, batch, deterministic, dropout_rng)
@@ -266,6 +277,11 @@ def from_config(config) -> NerTask:
     """The task of experiments/finetune_ner.py (registry name "ner")."""
     from bert_jax.tasks import finetuning
 
+    head = finetuning.head_options(config)  # bad head fields fail before any file is read
+    frozen_params = str(config.optimizer.get("frozen_params", "") or "")
+    if head.features and not frozen_params:
+        raise ValueError(f"config.task.features={head.features!r} (feature-based) needs the encoder frozen, but "
+                         "config.optimizer.frozen_params is empty; set --config.optimizer.frozen_params='^bert/'")
     tokenizer = finetuning.load_tokenizer(config)
     t = config.task
     if t.tfds_name:
@@ -279,6 +295,6 @@ def from_config(config) -> NerTask:
         evaluation = read_conll(finetuning.data_path(config.eval_file, "eval_file"))
         name = pathlib.Path(config.train_file).parent.name or "ner"
     task = NerTask(tokenizer=tokenizer, train_sentences=train, eval_sentences=evaluation,
-                   max_seq_length=int(config.max_seq_length), name=name)
+                   max_seq_length=int(config.max_seq_length), name=name, head=head, frozen_params=frozen_params)
     finetuning.resolve(config, tokenizer, task.num_train_examples)
     return task

@@ -152,8 +152,10 @@ def make_tsv_task(
     task_type: str = "auto",
     label_names: Sequence[str] | None = None,
     name: str = "tsv",
+    head=None,
 ) -> classification.SequenceClassificationTask:
-    """`label_names` fixes the label order (else the sorted training labels are used)."""
+    """`label_names` fixes the label order (else the sorted training labels are used); `head`
+    (features.HeadOptions) the head on the encoder (default BERT's linear one)."""
     names = [n.strip() for n in column_names.split(",")] if column_names else None
     read = dict(text_a_column=text_a_column, text_b_column=text_b_column, label_column=label_column, column_names=names)
     train = read_examples(train_file, **read)
@@ -176,6 +178,7 @@ def make_tsv_task(
         max_seq_length=max_seq_length,
         metric_fn=metric_fn,
         main_metric=main_metric,
+        head=head,
     )
 
 
@@ -183,6 +186,7 @@ def from_config(config) -> classification.SequenceClassificationTask:
     """The task of experiments/finetune_tsv.py (registry name "tsv")."""
     from bert_jax.tasks import finetuning
 
+    head = finetuning.head_options(config)  # bad head fields fail before any file is read
     tokenizer = finetuning.load_tokenizer(config)
     t = config.task
     task = make_tsv_task(
@@ -196,6 +200,7 @@ def from_config(config) -> classification.SequenceClassificationTask:
         column_names=t.column_names,
         task_type=t.task_type,
         label_names=[x.strip() for x in t.labels.split(",")] if t.labels else None,
+        head=head,
     )
     # Record the label order (or "regression") in the config, so results.json carries it.
     t.labels = "" if task.label_names is None else ",".join(task.label_names)
