@@ -11,7 +11,9 @@ google-research/bert's bert_config.json, bert_model.ckpt.* and vocab.txt.
 The vocabulary and casing come from the input: a vocab.txt (or spm.model) beside it and a
 Hugging Face tokenizer_config.json, or for a run workdir what the run recorded (its config, the
 pretraining data's metadata.json, its init_from). --vocab_file / --do_lower_case override them.
-An export that cannot write a working tokenizer fails and writes nothing.
+An export that cannot write a working tokenizer fails and writes nothing, and so does the export
+of a run whose model has a head no BERT format holds (a BiLSTM head or the feature-based mode:
+config.task.head='bilstm', config.task.features).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import os
 import sys
 
 from bert_jax.checkpoints import CheckpointError, detect_format, flatten, load_pretrained, save_pretrained
-from bert_jax.checkpoints import hf_tokenizer, run_workdir
+from bert_jax.checkpoints import hf, hf_tokenizer, run_workdir
 from bert_jax.cli_flags import HelpFormatter, parse_bool, rewrite_deprecated
 from bert_jax.config import ConfigError
 
@@ -70,10 +72,24 @@ def _export_facts(args, source_format: str) -> tuple[str | None, bool | None, li
     return vocab, lowercase, label_names, architecture, sources
 
 
+def _head_model_class(workdir: str) -> str | None:
+    """The model class the trainer recorded in the run's head.json (None without one)."""
+    import json
+
+    path = os.path.join(workdir, run_workdir.HEAD_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        head = json.load(f)
+    return head.get("model_class") if isinstance(head, dict) else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         source_format = detect_format(args.input)
+        if source_format == "run_workdir":  # before reading weights that the BERT table cannot hold
+            hf.refuse_non_bert_head(_head_model_class(args.input), f"{args.input} ({run_workdir.HEAD_FILE})")
         config, params = load_pretrained(args.input, check_vocab=not args.no_check_vocab)
         vocab, lowercase, label_names, architecture, sources = _export_facts(args, source_format)
         if args.no_check_vocab and not args.vocab_file:

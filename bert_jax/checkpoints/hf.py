@@ -173,6 +173,34 @@ def load(directory: str, dtype=np.float32, check_vocab: bool = True) -> tuple[Be
     return config, flat
 
 
+# Heads of bert_jax models that no transformers BertFor* class (nor Google's layout) holds: the
+# trainer's head.json model class -> what it is; the top-level param groups they add.
+NON_BERT_HEADS = {
+    "BertBiLSTMForTokenClassification": "a BiLSTM head (config.task.head='bilstm', or the feature-based "
+                                        "mode's layer mix and BiLSTM, config.task.features)",
+    "BertBiLSTMForSequenceClassification": "a BiLSTM head (config.task.head='bilstm')",
+}
+NON_BERT_PARAM_GROUPS = ("bilstm", "feature_mix")
+
+
+def refuse_non_bert_head(model_class: str | None, where: str, param_groups=()) -> None:
+    """CheckpointError for a model whose head no BERT export format holds (a BiLSTM head, a
+    feature-based layer mix): writing the encoder alone, or beside a classifier that reads the
+    BiLSTM, would not be this model. `model_class` from the trainer's head.json, or the params'
+    top-level groups."""
+    groups = sorted(set(param_groups) & set(NON_BERT_PARAM_GROUPS))
+    if model_class in NON_BERT_HEADS:
+        what = f"the model is {model_class}, with {NON_BERT_HEADS[model_class]}"
+    elif groups:
+        what = f"the params hold {', '.join(g + '/' for g in groups)} (bert_jax's BiLSTM head / feature-based layer mix)"
+    else:
+        return
+    raise CheckpointError(
+        f"{where}: {what}; no Hugging Face BertFor* class or Google checkpoint holds that head, and an export "
+        f"without it would not be this model. Nothing was written; evaluate or predict with bert_jax from the "
+        f"run workdir")
+
+
 def _architecture(flat: Mapping[str, Any]) -> str:
     """The transformers class whose keys these params fill (written to config.json)."""
     has = lambda prefix: any(k.startswith(prefix) for k in flat)
@@ -206,6 +234,7 @@ def save(flat: Mapping[str, Any], config: BertConfig, directory: str, vocab_file
     """
     from safetensors.numpy import save_file
 
+    refuse_non_bert_head(None, f"export to {directory}", {k.split("/")[0] for k in flat})
     hf_dict = config.to_hf_dict(architectures=(architecture or _architecture(flat),))
     state = tensors.export_params(flat, config, "hf")
     if "classifier.bias" in state:
