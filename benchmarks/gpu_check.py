@@ -17,15 +17,17 @@ sizes (tests/test_gpu_check.py runs it):
 Prints ONE JSON line per measurement on stdout (everything else goes to stderr). Every line has
 `kind`, `elapsed_s` (since the script started) and either its results, or `error` (the
 measurement raised; the others still run; `oom` is true when it was out of device memory), or
-`skipped` (a reason: no GPU for cuDNN, or the time budget). The kinds, in the order they run:
+`skipped` (a reason: no GPU for cuDNN, or the time budget). The kinds (plan() orders the lines:
+the BERT-large@512 candidates and the real runs first, reference rows and other shapes later):
 
   environment           jax/jaxlib versions, backend, device kind, memory_stats keys, missing modules
   attention_numerics    attention_implementation "cudnn" vs "xla", same params and batch (real text:
                         padded rows, and packed rows of several examples), compute dtype bfloat16 and
                         float32: max |diff| of the encoder output on real tokens, of the loss and of
                         the gradients; plus the reference row "xla bfloat16 vs xla float32"
-  pretraining_run       BERT-mini, 200 steps on the committed real instances, bf16 compute: the loss
-                        curve, held-out MLM/NSP loss, tokens/s; through bert_jax.train
+  pretraining_run       BERT-mini, 200 steps on the committed real instances, bf16 compute, cuDNN
+                        attention (a second line runs it with XLA attention only if that one fails):
+                        the loss curve, held-out MLM/NSP loss, tokens/s; through bert_jax.train
   checkpoint_roundtrip  the trained TrainState saved and restored on the device with
                         bert_jax.run_checkpoints (orbax); max |diff| of every leaf, seconds
   precision_numerics    the same (trained) params evaluated in float32 and in bfloat16 compute
@@ -349,7 +351,7 @@ def array_pretraining_task(config, train_arrays: dict, eval_arrays: dict):
 _TRAINED: dict = {}
 
 
-def pretraining_run(args) -> dict:
+def pretraining_run(args, attention: str) -> dict:
     import jax
 
     from bert_jax import train
@@ -358,13 +360,14 @@ def pretraining_run(args) -> dict:
     steps, batch_size = (10, 8) if args.smoke else (args.mini_steps, 128)
     train_arrays = instance_arrays("train", limit=512 if args.smoke else None)
     eval_arrays = instance_arrays("heldout", limit=64 if args.smoke else None)
-    on_gpu = gpu_skip_reason() is None
+    if attention == "cudnn" and gpu_skip_reason():
+        return {"skipped": gpu_skip_reason()}
     config = experiment_config(preset, 128, 20, synthetic=False)
     config.data.input_files = TRAIN_FILES  # recorded in config.json; the task reads the decoded arrays
     config.task.eval_input_files = HELDOUT_FILES
     config.task.num_eval_batches = 2 if args.smoke else len(eval_arrays["input_ids"]) // batch_size
     config.model.update(dtype=args.dtype, param_dtype="float32",
-                        **model_fields("cudnn" if on_gpu else "xla", attention_dropout=0.0))
+                        **model_fields(attention, attention_dropout=0.0))
     config.train.update(batch_size=batch_size, num_steps=steps, log_every=1 if args.smoke else 5,
                         eval_every=0, eval_batch_size=batch_size)
     # 200 steps: a higher peak than the paper's 1e-4 so the curve shows learning.
@@ -689,18 +692,14 @@ def environment() -> dict:
 
 
 def plan(args) -> list[tuple]:
-    """(kind, settings, fn, estimated seconds on an H200): most important first, since the time
-    budget skips what does not fit. The estimates are guesses (no H200 was lent while writing this)."""
+    """(kind, settings, fn, estimated seconds on an H200), most important first: the time budget
+    skips what does not fit, so the BERT-large@512 recipe candidates and the real runs come before
+    the other shapes and the reference rows. The estimates are guesses (no H200 was lent yet)."""
     steps = []
-    for case in ("padding", "packed"):
-        steps.append(("attention_numerics", {"case": case, "dtype": "bfloat16", "compare": "xla bfloat16 vs xla float32"},
-                      lambda c=case: attention_numerics(args, c, "bfloat16", "xla bfloat16 vs xla float32"), 15))
-        for dtype in ("bfloat16", "float32"):
-            steps.append(("attention_numerics", {"case": case, "dtype": dtype, "compare": "cudnn vs xla"},
-                          lambda c=case, d=dtype: attention_numerics(args, c, d, "cudnn vs xla"), 15))
-    steps.append(("pretraining_run", {}, lambda: pretraining_run(args), 40))
-    steps.append(("checkpoint_roundtrip", {}, lambda: checkpoint_roundtrip(args), 10))
-    steps.append(("precision_numerics", {}, lambda: precision_numerics(args), 15))
+
+    def numerics_step(case, dtype, compare, estimate):
+        return ("attention_numerics", {"case": case, "dtype": dtype, "compare": compare},
+                lambda: attention_numerics(args, case, dtype, compare), estimate)
 
     def speed_step(case, attention, remat, scan, estimate):
         settings = speed_settings(args, case, attention, remat, scan)
@@ -709,20 +708,36 @@ def plan(args) -> list[tuple]:
             return ("train_step_speed", settings, lambda: {"skipped": SMOKE_VARIANT}, 0)
         return ("train_step_speed", settings, lambda: speed(args, settings), estimate)
 
-    # Every shape with each attention implementation (scanned layers: the shortest compile) ...
-    for case, estimate in (("base@128", 20), ("large@128", 30), ("large@512", 30)):
-        for attention in ("xla", "cudnn"):
-            steps.append(speed_step(case, attention, "none", True, estimate))
-    # ... then BERT-large@512 without scan and with remat, the GPU recipe's candidates ...
-    for attention in ("cudnn", "xla"):
-        steps.append(speed_step("large@512", attention, "full", True, 35))
-        steps.append(speed_step("large@512", attention, "none", False, 70))
+    def run_step(attention):
+        def run():
+            if attention == "xla" and "state" in _TRAINED:
+                return {"skipped": "the cudnn run above succeeded; this xla run is its stand-in only when it fails"}
+            return pretraining_run(args, attention)
+        return ("pretraining_run", {"attention_implementation": attention}, run, 40)
+
+    # 1. cuDNN against XLA in bf16 (the dtype it trains in), and BERT-large@512 with each.
+    steps += [numerics_step(case, "bfloat16", "cudnn vs xla", 25) for case in ("padding", "packed")]
+    steps += [speed_step("large@512", attention, "none", True, 35) for attention in ("cudnn", "xla")]
+    # 2. The two real runs (the xla run only if the cudnn one failed), then bf16 vs float32 loss.
+    steps += [run_step("cudnn"), run_step("xla")]
+    steps.append(("checkpoint_roundtrip", {}, lambda: checkpoint_roundtrip(args), 10))
+    steps.append(("precision_numerics", {}, lambda: precision_numerics(args), 15))
+    # 3. The GPU recipe's other candidates at BERT-large@512, dropout, the largest batch.
+    steps.append(speed_step("large@512", "cudnn", "full", True, 40))
+    steps.append(speed_step("large@512", "cudnn", "none", False, 70))
     steps.append(("attention_dropout", {"case": "large@512"}, lambda: attention_dropout_comparison(args), 35))
     for remat in ("none", "full"):
         search = (lambda: {"skipped": SMOKE_VARIANT}) if args.smoke and remat != "none" else (
             lambda r=remat: max_batch(args, r))
-        steps.append(("max_batch", {"case": "large@512", "remat": remat}, search, 2 * args.max_batch_point_s))
-    # ... then the remaining remat / scan variants of the other shapes, while time is left.
+        steps.append(("max_batch", {"case": "large@512", "remat": remat}, search, 3 * args.max_batch_point_s))
+    # 4. The other shapes, each attention implementation; the remaining reference rows.
+    for case, estimate in (("base@128", 20), ("large@128", 30)):
+        steps += [speed_step(case, attention, "none", True, estimate) for attention in ("cudnn", "xla")]
+    steps += [numerics_step(case, "bfloat16", "xla bfloat16 vs xla float32", 15) for case in ("padding", "packed")]
+    steps += [numerics_step(case, "float32", "cudnn vs xla", 20) for case in ("padding", "packed")]
+    # 5. The remaining remat / scan variants, while time is left.
+    steps.append(speed_step("large@512", "xla", "full", True, 40))
+    steps.append(speed_step("large@512", "xla", "none", False, 70))
     if not args.smoke:
         for attention in ("cudnn", "xla"):
             steps.append(speed_step("large@512", attention, "full", False, 70))

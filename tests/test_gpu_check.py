@@ -13,6 +13,8 @@ import pytest
 
 from tests.train_helpers import REPO, SUBPROCESS_TIMEOUT_S, subprocess_env
 
+# The subprocess timeout is a generous bound (15 min), so that a hang fails instead of blocking.
+
 KINDS = ("environment", "attention_numerics", "pretraining_run", "checkpoint_roundtrip", "precision_numerics",
          "train_step_speed", "attention_dropout", "max_batch", "summary")
 DATA = REPO / "benchmarks" / "data" / "gpu_check"
@@ -20,12 +22,7 @@ DATA = REPO / "benchmarks" / "data" / "gpu_check"
 
 @pytest.fixture(scope="module")
 def smoke():
-    import subprocess
-    import sys
-
-    result = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--smoke"], cwd=REPO,
-                            env=subprocess_env(1, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
-                            timeout=SUBPROCESS_TIMEOUT_S)  # a generous bound, so that a hang fails
+    result = run_script("--smoke")
     assert result.returncode == 0, result.stderr[-4000:]
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     return [json.loads(line) for line in lines], result
@@ -35,9 +32,36 @@ def of(lines, kind):
     return [line for line in lines if line["kind"] == kind]
 
 
-pytestmark = pytest.mark.slow
+def run_script(*flags):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "benchmarks/gpu_check.py", *flags], cwd=REPO,
+                          env=subprocess_env(1, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+                          timeout=SUBPROCESS_TIMEOUT_S)
 
 
+def test_the_time_budget_skips_measurements_with_the_reason():
+    result = run_script("--smoke", "--budget_s", "0")
+    assert result.returncode == 0, result.stderr[-4000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["kind"] for line in lines][0] == "environment" and lines[-1]["kind"] == "summary"
+    skipped = lines[1:-1]
+    assert len(skipped) > 20 and all(line["skipped"].startswith("time budget:") for line in skipped)
+    assert lines[-1]["lines"] == {"ok": 0, "error": 0, "skipped": len(skipped)}
+
+
+def test_the_watchdog_prints_a_summary_and_exits_124():
+    result = run_script("--smoke", "--hard_limit_s", "2")  # the smoke run takes far longer than 2 s
+    assert result.returncode == 124, result.stderr[-4000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert lines[-1]["kind"] == "summary" and "hard time limit" in lines[-1]["error"]
+
+
+slow = pytest.mark.slow
+
+
+@slow
 def test_every_line_is_json_and_every_kind_is_there(smoke):
     lines, result = smoke
     for line in result.stdout.splitlines():
@@ -50,6 +74,7 @@ def test_every_line_is_json_and_every_kind_is_there(smoke):
     assert lines[-1]["lines"]["error"] == 0 and lines[-1]["lines"]["ok"] >= 9
 
 
+@slow
 def test_cudnn_rows_are_skipped_on_cpu_with_the_reason(smoke):
     lines, _ = smoke
     cudnn = [line for line in lines if line.get("attention_implementation") == "cudnn"
@@ -63,6 +88,7 @@ def test_cudnn_rows_are_skipped_on_cpu_with_the_reason(smoke):
     assert "needs an NVIDIA GPU" in precision["bfloat16_cudnn_skipped"]
 
 
+@slow
 def test_attention_numerics_reference_rows_on_real_padded_and_packed_text(smoke):
     lines, _ = smoke
     rows = {line["case"]: line for line in of(lines, "attention_numerics") if line["compare"].startswith("xla")}
@@ -76,9 +102,12 @@ def test_attention_numerics_reference_rows_on_real_padded_and_packed_text(smoke)
         assert row["nonfinite_output_anywhere"] is False
 
 
+@slow
 def test_real_pretraining_run_learns_and_its_checkpoint_round_trips(smoke):
     lines, _ = smoke
-    (run,) = of(lines, "pretraining_run")
+    cudnn_run, run = of(lines, "pretraining_run")  # cudnn first; on a CPU the xla run stands in
+    assert cudnn_run["attention_implementation"] == "cudnn" and "needs an NVIDIA GPU" in cudnn_run["skipped"]
+    assert run["attention_implementation"] == "xla"
     steps = [step for step, _ in run["loss_curve"]]
     assert steps == list(range(1, run["steps"] + 1))
     losses = [loss for _, loss in run["loss_curve"]]
@@ -92,6 +121,7 @@ def test_real_pretraining_run_learns_and_its_checkpoint_round_trips(smoke):
     assert ckpt["restored_platform"] == ["cpu"]
 
 
+@slow
 def test_precision_numerics_compare_the_trained_params(smoke):
     lines, _ = smoke
     (row,) = of(lines, "precision_numerics")
@@ -101,6 +131,7 @@ def test_precision_numerics_compare_the_trained_params(smoke):
     assert abs(row["bfloat16_minus_float32_mlm_loss"]) < 0.1 and abs(row["bfloat16_minus_float32_nsp_loss"]) < 0.1
 
 
+@slow
 def test_speed_rows_measure_the_train_step(smoke):
     lines, _ = smoke
     measured = [line for line in of(lines, "train_step_speed") if "tokens_per_s" in line]
@@ -116,6 +147,7 @@ def test_speed_rows_measure_the_train_step(smoke):
     assert dropout["rows"][0]["attention_probs_dropout_prob"] == 0.1 and dropout["rows"][0]["tokens_per_s"] > 0
 
 
+@slow
 def test_no_tensorflow_or_grain_on_the_gpu_path(smoke):
     lines, _ = smoke
     summary = lines[-1]
