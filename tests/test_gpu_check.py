@@ -160,3 +160,41 @@ def test_committed_instances_fit_the_size_limit():
     assert sum(p.stat().st_size for p in files) < 16 * 2**20
     meta = json.loads((DATA / "train_128" / "metadata.json").read_text())
     assert meta["counts"]["instances"] > 5000 and meta["config"]["max_seq_length"] == 128
+
+
+def test_the_batch_search_doubles_then_bisects_and_stops_at_out_of_memory(monkeypatch):
+    """max_batch's search on a pretend device where 300 sequences or more of BERT-large@512 are
+    out of memory (the error text XLA gives on a GPU), and another error is not taken for one."""
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    tried = []
+
+    def fake_speed(args, settings, steps=None, warmup=None):
+        batch = settings["batch_size"]
+        tried.append((batch, settings["attention_implementation"], settings["remat"], steps, warmup))
+        if batch >= 300:
+            raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 81.2GiB.")
+        return {"tokens_per_s": 512.0 * batch, "mfu": batch / 1000, "compiled_memory": {"peak_memory_bytes": batch}}
+
+    monkeypatch.setattr(gpu_check, "speed", fake_speed)
+    monkeypatch.setattr(gpu_check, "gpu_skip_reason", lambda: None)  # as on a GPU: cudnn
+    args = argparse.Namespace(smoke=False, max_batch_start=128, max_batch_cap=2048, max_batch_point_s=0.0,
+                              budget_s=1e9, dtype="bfloat16")
+    out = gpu_check.max_batch(args, "full")
+    assert [t[0] for t in tried] == [128, 256, 512, 384]  # doubling, then one bisection
+    assert {t[1:] for t in tried} == {("cudnn", "full", 1, 1)}
+    assert out["largest_batch_that_fits"] == 256 and out["first_batch_out_of_memory"] == 384
+    assert out["mfu_at_largest"] == 0.256 and out["cap_reached"] is False and out["stopped_by_time_budget"] is False
+    assert [t["fits"] for t in out["tried"]] == [True, True, False, False]
+    assert (out["attention_implementation"], out["attention_probs_dropout_prob"], out["seq_len"]) == ("cudnn", 0.0, 512)
+
+    def broken(args, settings, steps=None, warmup=None):
+        raise ValueError("cuDNN does not support this mask")
+
+    monkeypatch.setattr(gpu_check, "speed", broken)
+    with pytest.raises(ValueError, match="cuDNN does not support"):  # an error line, not "does not fit"
+        gpu_check.max_batch(args, "none")
