@@ -9,8 +9,8 @@ of this project: it runs from the source tree), from the repository root:
         | tee $OUT/gpu_check.jsonl          # device tool: timeout_s=450
 
 (the two wheels are ml_collections and google-crc32c, which that machine lacks; see
-benchmarks/data/gpu_check/README.md). On any CPU, in well under a minute, the same script at tiny
-sizes (tests/test_gpu_check.py runs it):
+benchmarks/data/gpu_check/README.md). On a CPU the same script at tiny sizes (tests/test_gpu_check.py
+runs it; 49 s of CPU time, 1 min 47 s wall on the 2 shared cores here at a load of ~10):
 
     JAX_PLATFORMS=cpu PYTHONPATH=. python benchmarks/gpu_check.py --smoke
 
