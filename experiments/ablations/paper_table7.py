@@ -42,8 +42,7 @@ def get_sweep(budget: str = "cpu"):
     common.check_budget(budget, __file__)
     variants = {"fine_tuning": {"pretrain": {}, "finetune": {}}}
     for name, features in FEATURES.items():
-        variants[name] = {"pretrain": {}, "finetune": {"task.features": features, "task.head": "bilstm",
-                                                       "optimizer.frozen_params": "^bert/"}}
+        variants[name] = {"pretrain": {}, "finetune": common.feature_based(features, budget)}
     sweep = common.paper_sweep(budget, variants=variants, evaluations=("ner",), paper=PAPER_TABLE)
     sweep["paper"]["title"] += " (dev F1)"
     return sweep
