@@ -114,14 +114,18 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def opt_state_shardings(tx: optax.GradientTransformation, abstract_params: Any,
                         param_shardings: Any, mesh: Mesh) -> Any:
     """Shardings for `tx.init(params)`: param-shaped state (Adam moments, ...) follows its
-    parameter's sharding; everything else (step counts, ...) is replicated."""
+    parameter's sharding; everything else (step counts, ...) is replicated. A masked state
+    (optax.masked / multi_transform, e.g. config.optimizer.frozen_params) holds MaskedNode where
+    a parameter has no state: it stays a MaskedNode."""
     abstract_state = jax.eval_shape(tx.init, abstract_params)
+    is_masked = lambda x: isinstance(x, optax.MaskedNode)
     return optax.tree_map_params(
         tx,
-        lambda _, sharding: sharding,
+        lambda state, sharding: state if is_masked(state) else sharding,
         abstract_state,
         param_shardings,
         transform_non_params=lambda _: replicated(mesh),
+        is_leaf=is_masked,
     )
 
 
