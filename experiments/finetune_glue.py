@@ -7,7 +7,8 @@
 
 arg: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte or wnli. Data come from TFDS `glue/<arg>`
 (--config.task.tfds_data_dir for a prepared TFDS directory) unless task.data_dir names a
-directory of GLUE TSV files. Metrics: CoLA Matthews corr.; SST-2 accuracy; MRPC F1 + accuracy;
+directory of GLUE TSV files. `--config.task.head=bilstm` puts a randomly initialised BiLSTM between
+the encoder and the classifier (the paper's Table 5 "+ BiLSTM"). Metrics: CoLA Matthews corr.; SST-2 accuracy; MRPC F1 + accuracy;
 STS-B Pearson + Spearman; QQP accuracy + F1; MNLI matched + mismatched accuracy; QNLI, RTE,
 WNLI accuracy. The first one named is the main metric, by which the best checkpoint is kept.
 
@@ -29,4 +30,5 @@ def get_config(arg: str = "sst2"):
     config.task.glue_task = spec.tfds_name
     config.task.data_dir = ""  # a directory of GLUE TSV files (train.tsv, dev.tsv, test.tsv); "" = TFDS
     config.task.tfds_data_dir = ""  # "" = TFDS's default data directory
+    finetuning.add_head_fields(config)  # task.head: "linear" (BERT's) or "bilstm" (the paper's Table 5)
     return config

@@ -13,6 +13,8 @@ workdir: predictions.json ({qid: answer}), nbest_predictions.json and, for v2.0,
 null_score_diff_threshold that maximises F1 over every question's best span (the official
 best_f1_thresh can only look below the threshold the answers were cut at).
 Recipe: lr 3e-5, batch 32, 2 epochs (v1.1; the paper's SQuAD setting), warmup 10%.
+`--config.task.head=bilstm` puts a randomly initialised BiLSTM between the encoder and the span
+layer (the paper's Table 5 "+ BiLSTM").
 """
 
 from bert_jax.tasks import finetuning
@@ -36,4 +38,5 @@ def get_config(arg: str = "v1.1"):
     config.task.max_answer_length = 30
     config.task.null_score_diff_threshold = 0.0
     config.train.eval_batch_size = 32
+    finetuning.add_head_fields(config)  # task.head: "linear" (BERT's) or "bilstm" (the paper's Table 5)
     return config

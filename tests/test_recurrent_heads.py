@@ -20,7 +20,8 @@ import pytest
 from flax import linen as nn
 
 from bert_jax.config import BertConfig
-from bert_jax.modeling import BertBiLSTMForSequenceClassification, BertBiLSTMForTokenClassification, BiLSTM
+from bert_jax.modeling import (BertBiLSTMForQuestionAnswering, BertBiLSTMForSequenceClassification,
+                               BertBiLSTMForTokenClassification, BiLSTM)
 from bert_jax.tasks import features as features_lib
 from tests.tolerances import assert_close
 
@@ -147,6 +148,28 @@ def test_sequence_head_reads_the_final_states_of_both_directions():
     for b, n in enumerate(mask.sum(-1)):
         _, final = _numpy_bilstm(host["bilstm"], np.asarray(out["sequence_output"][b]), n)
         assert_close(out["logits"][b], final @ kernel + bias, err_msg=f"row {b}")
+
+
+def test_span_head_is_dense_of_the_bilstm_outputs_and_ignores_padding():
+    """SQuAD with the BiLSTM head (Table 5's "+ BiLSTM"): start/end logits = dense(2) of a numpy
+    BiLSTM's per-token outputs over the model's own sequence_output; padding changes nothing."""
+    model = BertBiLSTMForQuestionAnswering(CONFIG, bilstm_hidden_size=5, bilstm_layers=2)
+    params = _init(model)
+    ids, mask = _batch(seed=4, lengths=(12, 7))
+    apply = jax.jit(lambda p, ids, mask: model.apply({"params": p}, ids, attention_mask=mask))
+    out = apply(params, ids, mask)
+    host = jax.device_get(params)
+    kernel, bias = np.asarray(host["classifier"]["kernel"], np.float64), np.asarray(host["classifier"]["bias"])
+    for b, n in enumerate(mask.sum(-1)):
+        outputs, _ = _numpy_bilstm(host["bilstm"], np.asarray(out["sequence_output"][b]), n)
+        want = outputs[:n] @ kernel + bias
+        assert_close(out["start_logits"][b, :n], want[:, 0], err_msg=f"start, row {b}")
+        assert_close(out["end_logits"][b, :n], want[:, 1], err_msg=f"end, row {b}")
+        alone = apply(params, ids[b:b + 1, :n], mask[b:b + 1, :n])
+        assert_close(out["start_logits"][b, :n], alone["start_logits"][0], err_msg=f"padded row {b}")
+    assert features_lib.HeadOptions(head="bilstm").span_model(CONFIG).__class__ is BertBiLSTMForQuestionAnswering
+    with pytest.raises(ValueError, match="question answering fine-tunes"):
+        features_lib.HeadOptions(head="bilstm", features="last").span_model(CONFIG)
 
 
 def test_token_head_trains_the_encoder_too():

@@ -179,6 +179,7 @@ NON_BERT_HEADS = {
     "BertBiLSTMForTokenClassification": "a BiLSTM head (config.task.head='bilstm', or the feature-based "
                                         "mode's layer mix and BiLSTM, config.task.features)",
     "BertBiLSTMForSequenceClassification": "a BiLSTM head (config.task.head='bilstm')",
+    "BertBiLSTMForQuestionAnswering": "a BiLSTM head (config.task.head='bilstm')",
 }
 NON_BERT_PARAM_GROUPS = ("bilstm", "feature_mix")
 

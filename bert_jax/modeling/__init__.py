@@ -6,6 +6,7 @@ from bert_jax.modeling.encoder import stack_layers, unstack_layers
 from bert_jax.modeling.recurrent import BiLSTM
 from bert_jax.modeling.heads import FEATURE_MODES, LayerFeatures
 from bert_jax.modeling.models import (
+    BertBiLSTMForQuestionAnswering,
     BertBiLSTMForSequenceClassification,
     BertBiLSTMForTokenClassification,
     BertForPreTraining,
@@ -21,6 +22,7 @@ __all__ = [
     "BertForSequenceClassification",
     "BertForTokenClassification",
     "BertForQuestionAnswering",
+    "BertBiLSTMForQuestionAnswering",
     "BertBiLSTMForSequenceClassification",
     "BertBiLSTMForTokenClassification",
     "BiLSTM",

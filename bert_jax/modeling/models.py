@@ -282,3 +282,24 @@ class BertBiLSTMForSequenceClassification(nn.Module):
         _, final = _bilstm(self.config, self.bilstm_hidden_size, self.bilstm_layers)(x, lengths)
         final = Dropout(rate=self.config.hidden_dropout_prob)(final, deterministic=deterministic)
         return {**out, "logits": _bilstm_classifier(self.config, self.num_labels)(final)}
+
+
+class BertBiLSTMForQuestionAnswering(nn.Module):
+    """BERT, then a randomly initialised BiLSTM (`bilstm/`), then dense(2) on every token ->
+    start_logits, end_logits [batch, length]: the paper's Table 5 "+ BiLSTM" on SQuAD (fine-tuned
+    end to end; the real tokens of a row are the first ones)."""
+
+    config: BertConfig
+    bilstm_hidden_size: int = 768
+    bilstm_layers: int = 2
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None,
+                 packed_segment_ids=None, deterministic: bool = True) -> dict[str, jax.Array]:
+        lengths = _bilstm_lengths(input_ids, attention_mask, packed_segment_ids)
+        out = BertModel(self.config, name="bert")(
+            input_ids, token_type_ids, attention_mask, position_ids, packed_segment_ids, deterministic)
+        x = Dropout(rate=self.config.hidden_dropout_prob)(out["sequence_output"], deterministic=deterministic)
+        seq, _ = _bilstm(self.config, self.bilstm_hidden_size, self.bilstm_layers)(x, lengths)
+        logits = _bilstm_classifier(self.config, 2)(seq)  # [batch, length, 2]
+        return {**out, "start_logits": logits[..., 0], "end_logits": logits[..., 1]}

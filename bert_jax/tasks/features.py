@@ -110,6 +110,17 @@ class HeadOptions:
         return models.BertBiLSTMForSequenceClassification(config=bert_config, num_labels=num_labels,
                                                           **self._bilstm_sizes(bert_config))
 
+    def span_model(self, bert_config):
+        """The question-answering model (start and end logits per token)."""
+        from bert_jax.modeling import models
+
+        if self.features:
+            raise ValueError(f"config.task.features={self.features!r}: the feature-based mode is for token "
+                             "classification (NER); question answering fine-tunes (features='')")
+        if self.head == "linear":
+            return models.BertForQuestionAnswering(config=bert_config)
+        return models.BertBiLSTMForQuestionAnswering(config=bert_config, **self._bilstm_sizes(bert_config))
+
     def token_model(self, bert_config, num_labels: int):
         from bert_jax.modeling import models
 

@@ -161,6 +161,7 @@ class GlueTask(classification.SequenceClassificationTask):
             train_examples=[],
             eval_sets=self.test_sets,
             max_seq_length=self.max_seq_length,
+            head=self.head,
         )
 
     def _features(self, examples, what, labelled=True):
@@ -198,8 +199,10 @@ def make_glue_task(
     data_dir: str = "",
     tfds_data_dir: str | None = None,
     train_split: str = "train",
+    head=None,
 ) -> GlueTask:
-    """GLUE task `name`, from GLUE's TSV files in `data_dir` if given, else from TFDS."""
+    """GLUE task `name`, from GLUE's TSV files in `data_dir` if given, else from TFDS; `head`
+    (features.HeadOptions) is the head on the encoder (default BERT's linear one)."""
     spec = get_spec(name)
     set_name = lambda split: _SET_NAMES.get(split, "")  # noqa: E731
     if data_dir:
@@ -216,7 +219,7 @@ def make_glue_task(
         eval_sets = {set_name(s): read_tfds(spec, s, tfds_data_dir) for s in spec.eval_splits}
         test_sets = {set_name(s): read_tfds(spec, s, tfds_data_dir) for s in spec.test_splits}
     return GlueTask(spec, test_sets=test_sets, tokenizer=tokenizer, train_examples=train, eval_sets=eval_sets,
-                    max_seq_length=max_seq_length)
+                    max_seq_length=max_seq_length, head=head)
 
 
 def submission_file_names(names: Sequence[str] = tuple(GLUE_TASKS)) -> list[str]:
@@ -227,6 +230,7 @@ def from_config(config) -> GlueTask:
     """The task of experiments/finetune_glue.py (registry name "glue")."""
     from bert_jax.tasks import finetuning
 
+    head = finetuning.head_options(config)  # bad head fields fail before any file is read
     tokenizer = finetuning.load_tokenizer(config)
     t = config.task
     task = make_glue_task(
@@ -235,6 +239,7 @@ def from_config(config) -> GlueTask:
         max_seq_length=int(config.max_seq_length),
         data_dir=finetuning.data_path(t.data_dir, "task.data_dir") if t.data_dir else "",
         tfds_data_dir=t.tfds_data_dir or None,
+        head=head,
     )
     finetuning.resolve(config, tokenizer, task.num_train_examples)
     return task

@@ -360,8 +360,10 @@ class SquadTask(features_lib.ArrayFeaturesTask, Task):
         n_best_size: int = 20,
         max_answer_length: int = 30,
         null_score_diff_threshold: float = 0.0,
+        head=None,
     ):
         self.tokenizer = tokenizer
+        self.head = features_lib.HeadOptions() if head is None else head  # on the encoder: BERT's dense(2)
         self.train_examples = list(train_examples)
         self.eval_examples = list(eval_examples)
         self.version_2 = version_2_with_negative
@@ -393,10 +395,8 @@ class SquadTask(features_lib.ArrayFeaturesTask, Task):
         return int(self.train_features.arrays["input_ids"].shape[0])  # windows, as run_squad.py counts steps
 
     def make_model(self, bert_config):
-        from bert_jax.modeling.models import BertForQuestionAnswering
-
         features_lib.check_vocab(self.tokenizer, bert_config)
-        return BertForQuestionAnswering(config=bert_config)
+        return self.head.span_model(bert_config)
 
     def _logits(self, model, params, batch, deterministic, dropout_rng=None):
         outputs = features_lib.apply_model(model, params, batch, deterministic, dropout_rng)
@@ -456,6 +456,7 @@ def from_config(config) -> SquadTask:
     """The task of experiments/finetune_squad.py (registry name "squad")."""
     from bert_jax.tasks import finetuning
 
+    head = finetuning.head_options(config)  # bad head fields fail before any file is read
     tokenizer = finetuning.load_tokenizer(config)
     t = config.task
     if t.version not in ("v1.1", "v2.0"):
@@ -479,6 +480,7 @@ def from_config(config) -> SquadTask:
         n_best_size=int(t.n_best_size),
         max_answer_length=int(t.max_answer_length),
         null_score_diff_threshold=float(t.null_score_diff_threshold),
+        head=head,
     )
     finetuning.resolve(config, tokenizer, task.num_train_examples)
     return task
