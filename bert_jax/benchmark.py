@@ -9,9 +9,10 @@ the step_time_s it logs, so both report the same tokens/s and MFU for the same r
 
     python -m bert_jax.benchmark --model tiny --seq_len 128 --batch_size 32 --steps 40 --trainer
 
-`--trainer` also runs the trainer itself on the same synthetic batches twice, with evaluation
-and checkpoints every 10 steps and with both off, and prints the median tokens_per_s each one
-logged (eval/checkpoint time is logged apart, so the two should agree). Batches follow Google's pretraining features
+`--trainer` also runs the trainer itself on the same synthetic batches, with evaluation
+and checkpoints every 10 steps and with both off (`--trainer_repeats N`: N of each, alternating),
+and prints the median tokens_per_s each one logged and the gap between them (eval/checkpoint
+time is logged apart, so the two should agree). Batches follow Google's pretraining features
 with 20 masked predictions per sequence of 128 (scaled with the length: 0.15 * seq_len).
 Prints ONE JSON line: tokens_per_s, step_time_s (median), model_flops_per_token, mfu, peak_flops
 (per device) and its source, plus the settings.
@@ -50,6 +51,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--grad_accum_steps", type=int, default=1)
     parser.add_argument("--trainer", action="store_true",
                         help="also run the trainer with eval+checkpoints on and off; print its logged tokens/s")
+    parser.add_argument("--trainer_repeats", type=int, default=1,
+                        help="with --trainer: runs of each variant, alternating (neither first)")
     parser.add_argument("--peak_flops", type=float, default=0.0,
                         help="peak FLOP/s per device for MFU (0: device table, else a measured fp32 matmul)")
     args = parser.parse_args(rewrite_deprecated(argv, DEPRECATED, "bert_jax.benchmark"))
@@ -114,28 +117,43 @@ def main(argv=None) -> dict:
 
 def _trainer_tokens_per_s(config, args, steps: int) -> dict:
     """Median logged tokens_per_s of the trainer on the same synthetic batches, with evaluation
-    and checkpoints every 10 steps ("eval_and_checkpoints") and with both off ("neither")."""
+    and checkpoints every 10 steps ("eval_and_checkpoints") and with both off ("neither"),
+    alternating `--trainer_repeats` times (neither first). Each run's figure is the median over
+    its logged steps after the warm-up; the result holds every run, the median of each variant's
+    runs, and their relative gap (eval_and_checkpoints / neither - 1)."""
     import json as json_lib
+    import os
     import pathlib
     import statistics as stats
     import tempfile
 
     from bert_jax import train
 
-    out = {}
-    for name, every in (("neither", 0), ("eval_and_checkpoints", 10)):
-        c = config.copy_and_resolve_references()
-        c.model.update(dtype=args.dtype, remat=args.remat, scan_layers=args.scan_layers)
-        c.train.update(batch_size=args.batch_size, num_steps=steps, log_every=1, eval_batch_size=args.batch_size,
-                       eval_every=every, grad_accum_steps=args.grad_accum_steps)
-        c.task.num_eval_batches = 2 if every else 0
-        c.checkpoint.update(every_steps=every or 10 * steps, async_save=True)
-        c.logging.update(tensorboard=False, progress_bar=False, peak_flops_per_device=args.peak_flops or 0.0)
-        with tempfile.TemporaryDirectory() as workdir:
-            train.train_and_evaluate(c, workdir)
-            rows = [json_lib.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
-        logged = [r["tokens_per_s"] for r in rows if r["split"] == "train" and r["step"] > args.warmup]
-        out[name] = stats.median(logged)
+    variants = (("neither", 0), ("eval_and_checkpoints", 10))
+    runs = []
+    for _ in range(args.trainer_repeats):
+        for name, every in variants:
+            c = config.copy_and_resolve_references()
+            c.model.update(dtype=args.dtype, remat=args.remat, scan_layers=args.scan_layers)
+            c.train.update(batch_size=args.batch_size, num_steps=steps, log_every=1, eval_batch_size=args.batch_size,
+                           eval_every=every, grad_accum_steps=args.grad_accum_steps)
+            c.task.num_eval_batches = 2 if every else 0
+            c.checkpoint.update(every_steps=every or 10 * steps, async_save=True)
+            c.logging.update(tensorboard=False, progress_bar=False, peak_flops_per_device=args.peak_flops or 0.0)
+            load = os.getloadavg()  # other work on the machine shows in the figures: recorded per run
+            with tempfile.TemporaryDirectory() as workdir:
+                train.train_and_evaluate(c, workdir)
+                rows = [json_lib.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+            train_rows = [r for r in rows if r["split"] == "train"]
+            runs.append({"variant": name,
+                         "tokens_per_s": stats.median(r["tokens_per_s"] for r in train_rows if r["step"] > args.warmup),
+                         "eval_s": sum(r["eval_s"] for r in train_rows),
+                         "checkpoint_s": sum(r["checkpoint_s"] for r in train_rows),
+                         "evaluations": sum(r["split"] == "eval" for r in rows),
+                         "loadavg_before": [round(x, 2) for x in load]})
+    out = {name: stats.median(r["tokens_per_s"] for r in runs if r["variant"] == name) for name, _ in variants}
+    out["gap"] = out["eval_and_checkpoints"] / out["neither"] - 1
+    out["runs"] = runs
     return out
 
 

@@ -127,3 +127,31 @@ def test_matmul_peak_can_be_measured_inside_a_training_mesh():
     mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
     with jax.set_mesh(mesh):
         assert flops_lib.measure_matmul_peak(size=128, repeats=2) > 0
+
+
+@pytest.mark.slow
+def test_trainer_comparison_alternates_the_variants_and_only_one_evaluates_and_saves():
+    """--trainer: the runs alternate (neither first), the eval_and_checkpoints runs evaluate (at
+    step 10 and at the end), the others never; gap = ratio - 1."""
+    import argparse
+
+    from bert_jax import benchmark
+    from experiments import pretrain
+
+    config = pretrain.get_config("tiny,synthetic")
+    config.model.vocab_size = 1024
+    config.data.max_seq_length, config.data.max_predictions_per_seq = 32, 5
+    config.optimizer.warmup_steps = 2  # main() sets it to its step count
+    args = argparse.Namespace(dtype="float32", remat="none", scan_layers=False, batch_size=8, grad_accum_steps=1,
+                              peak_flops=1e12, warmup=2, trainer_repeats=2)
+    out = benchmark._trainer_tokens_per_s(config, args, steps=12)
+    runs = out["runs"]
+    assert [r["variant"] for r in runs] == ["neither", "eval_and_checkpoints"] * 2
+    for r in runs:
+        on = r["variant"] == "eval_and_checkpoints"
+        assert r["evaluations"] == (2 if on else 0)
+        assert (r["eval_s"] > 0) == on
+        # Both save: orbax's default policy also saves the first step of a fresh run (after step 1).
+        assert r["checkpoint_s"] > 0
+        assert r["tokens_per_s"] > 0 and len(r["loadavg_before"]) == 3
+    assert out["gap"] == pytest.approx(out["eval_and_checkpoints"] / out["neither"] - 1)
