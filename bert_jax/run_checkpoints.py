@@ -94,7 +94,10 @@ class RunCheckpointer:
                 get_metric_fn=lambda metrics: metrics[main_metric], reverse=not higher_is_better, n=1,
                 keep_checkpoints_without_metrics=False))
         options = ocp.CheckpointManagerOptions(
-            save_interval_steps=self.every_steps,
+            # Every `every_steps` steps and nothing else: orbax's default policy also saves after the
+            # first step and on its own preemption signal; the trainer forces its final and SIGTERM
+            # saves itself.
+            save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(self.every_steps),
             enable_async_checkpointing=bool(cfg["async_save"]),
             preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
             create=True,

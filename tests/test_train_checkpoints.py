@@ -52,3 +52,16 @@ def test_bad_checkpoint_settings_are_named(tmp_path):
                                                    "async_save": False})
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         run_checkpoints.restore_params(tmp_path / "empty")
+
+
+def test_saves_every_n_steps_and_not_after_the_first(tmp_path):
+    """The interval alone decides (plus the trainer's forced final / SIGTERM saves): orbax's
+    default policy would also save after step 1, a checkpoint nobody asked for."""
+    checkpointer = run_checkpoints.RunCheckpointer(
+        tmp_path, {"every_steps": 3, "keep": 10, "keep_best": False, "async_save": False})
+    saved = [step for step in range(1, 8) if checkpointer.save(step, _state(step), {}, {"step": step})]
+    assert saved == [3, 6]
+    assert checkpointer.save(7, _state(7), {}, {"step": 7}, force=True)
+    checkpointer.wait_until_finished()
+    assert sorted(int(p.name) for p in checkpointer.directory.iterdir() if p.name.isdigit()) == [3, 6, 7]
+    checkpointer.close()
