@@ -220,6 +220,18 @@ def _bilstm_classifier(config: BertConfig, num_labels: int) -> nn.Module:
     return dense(config, num_labels, (None, None), "classifier", dtype=jnp.float32)
 
 
+def _fine_tuned_bilstm(module: nn.Module, input_ids, token_type_ids, attention_mask, position_ids,
+                       packed_segment_ids, deterministic: bool):
+    """BERT (`bert/`), dropout, then the BiLSTM (`bilstm/`) as submodules of `module` (called from
+    its compact __call__) -> (BERT's outputs, BiLSTM outputs [batch, length, 2H], final states [batch, 2H])."""
+    lengths = _bilstm_lengths(input_ids, attention_mask, packed_segment_ids)
+    out = BertModel(module.config, name="bert")(
+        input_ids, token_type_ids, attention_mask, position_ids, packed_segment_ids, deterministic)
+    x = Dropout(rate=module.config.hidden_dropout_prob)(out["sequence_output"], deterministic=deterministic)
+    seq, final = _bilstm(module.config, module.bilstm_hidden_size, module.bilstm_layers)(x, lengths)
+    return out, seq, final
+
+
 class BertBiLSTMForTokenClassification(nn.Module):
     """BERT, then a randomly initialised BiLSTM (`bilstm/`, bert_jax.modeling.recurrent), then a
     dense layer per token -> logits [batch, length, num_labels].
@@ -274,12 +286,8 @@ class BertBiLSTMForSequenceClassification(nn.Module):
     @nn.compact
     def __call__(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None,
                  packed_segment_ids=None, deterministic: bool = True) -> dict[str, jax.Array]:
-        lengths = _bilstm_lengths(input_ids, attention_mask, packed_segment_ids)
-        out = BertModel(self.config, name="bert")(
-            input_ids, token_type_ids, attention_mask, position_ids, packed_segment_ids, deterministic
-        )
-        x = Dropout(rate=self.config.hidden_dropout_prob)(out["sequence_output"], deterministic=deterministic)
-        _, final = _bilstm(self.config, self.bilstm_hidden_size, self.bilstm_layers)(x, lengths)
+        out, _, final = _fine_tuned_bilstm(self, input_ids, token_type_ids, attention_mask, position_ids,
+                                           packed_segment_ids, deterministic)
         final = Dropout(rate=self.config.hidden_dropout_prob)(final, deterministic=deterministic)
         return {**out, "logits": _bilstm_classifier(self.config, self.num_labels)(final)}
 
@@ -296,10 +304,7 @@ class BertBiLSTMForQuestionAnswering(nn.Module):
     @nn.compact
     def __call__(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None,
                  packed_segment_ids=None, deterministic: bool = True) -> dict[str, jax.Array]:
-        lengths = _bilstm_lengths(input_ids, attention_mask, packed_segment_ids)
-        out = BertModel(self.config, name="bert")(
-            input_ids, token_type_ids, attention_mask, position_ids, packed_segment_ids, deterministic)
-        x = Dropout(rate=self.config.hidden_dropout_prob)(out["sequence_output"], deterministic=deterministic)
-        seq, _ = _bilstm(self.config, self.bilstm_hidden_size, self.bilstm_layers)(x, lengths)
+        out, seq, _ = _fine_tuned_bilstm(self, input_ids, token_type_ids, attention_mask, position_ids,
+                                         packed_segment_ids, deterministic)
         logits = _bilstm_classifier(self.config, 2)(seq)  # [batch, length, 2]
         return {**out, "start_logits": logits[..., 0], "end_logits": logits[..., 1]}
