@@ -549,6 +549,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--variants", default="", metavar="A,B",
                         help="run (and tabulate) only these variants; default: all")
+    parser.add_argument("--seeds", default="", metavar="0,1",
+                        help="run these seeds instead of the file's (e.g. one seed for a first look); default: the file's")
     parser.add_argument("--parallel", type=int, default=1, help="variants run at once")
     parser.add_argument("--print_commands", action="store_true", help="print the command lines and exit")
     args = parser.parse_args(rewrite_deprecated(argv, DEPRECATED, "bert_jax.sweep"))
@@ -565,6 +567,11 @@ def main(argv: list[str] | None = None) -> int:
         sweep = grid_sweep(args.grid, dict(pairs))
     else:
         sweep = load_sweep(args.ablation)
+    if args.seeds:
+        try:
+            sweep["seeds"] = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
+        except ValueError:
+            parser.error(f"--seeds expects integers separated by commas, got {args.seeds!r}")
     workdir = pathlib.Path(args.workdir).resolve()
     only = [v.strip() for v in args.variants.split(",") if v.strip()] or None
     try:

@@ -52,6 +52,14 @@ def test_print_commands_lists_every_stage(ablation_file, tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 8 and all("bert_jax.main" in line for line in lines)
     assert not (tmp_path / "w").exists()
+    # --seeds and --variants narrow the plan.
+    argv = [str(ablation_file), "--workdir", str(tmp_path / "w"), "--print_commands", "--seeds", "1",
+            "--variants", "nsp_off"]
+    assert sweep_lib.main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all("nsp_off/seed_1" in line for line in lines)
+    with pytest.raises(SystemExit):
+        sweep_lib.main(argv[:4] + ["--seeds", "one"])
 
 
 def test_finished_stages_are_skipped_and_table_has_mean_and_std(ablation_file, tmp_path):
