@@ -56,7 +56,11 @@ def evaluate(bert_config, params, instances: dict[str, np.ndarray], batch_size: 
     if "cls" not in params:
         raise ValueError(f"checkpoint {checkpoint} has no pretraining heads (params 'cls/...'): "
                          "it is an encoder alone, so it has no MLM or NSP predictions to evaluate")
-    task = PretrainingTask(ml_collections.ConfigDict({"data": {"next_sentence_prediction": True}}))
+    task = PretrainingTask(ml_collections.ConfigDict({
+        "data": {"next_sentence_prediction": True, "unmasked": False},
+        "task": {"objective": "masked_lm", "synthetic_data": False},  # the instances' own masks
+        "model": {"causal_attention": bert_config.causal_attention},
+    }))
     predictor, params = pretrained_predictor(task, bert_config, params, f"checkpoint {checkpoint}",
                                              devices=devices or jax.local_devices()[:1])
     predictions, batches = predictor(params, instance_batches(instances, batch_size),
