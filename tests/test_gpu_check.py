@@ -7,7 +7,6 @@ machine would run it (PYTHONPATH=., no install), and checks every line it prints
 
 import json
 import math
-import pathlib
 
 import pytest
 
