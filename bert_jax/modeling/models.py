@@ -220,14 +220,24 @@ def _bilstm_classifier(config: BertConfig, num_labels: int) -> nn.Module:
     return dense(config, num_labels, (None, None), "classifier", dtype=jnp.float32)
 
 
-def _fine_tuned_bilstm(module: nn.Module, input_ids, token_type_ids, attention_mask, position_ids,
-                       packed_segment_ids, deterministic: bool):
+def _encoder_then_bilstm(module: nn.Module, input_ids, token_type_ids, attention_mask, position_ids,
+                         packed_segment_ids, deterministic: bool, features: str = ""):
     """BERT (`bert/`), dropout, then the BiLSTM (`bilstm/`) as submodules of `module` (called from
-    its compact __call__) -> (BERT's outputs, BiLSTM outputs [batch, length, 2H], final states [batch, 2H])."""
+    its compact __call__) -> (BERT's outputs, BiLSTM outputs [batch, length, 2H], final states [batch, 2H]).
+
+    features="": the BiLSTM reads the last layer and everything trains. features=<mode>: the
+    encoder runs deterministically, its hidden states pass through stop_gradient and are combined
+    by LayerFeatures (`feature_mix/`) for the BiLSTM to read."""
     lengths = _bilstm_lengths(input_ids, attention_mask, packed_segment_ids)
-    out = BertModel(module.config, name="bert")(
-        input_ids, token_type_ids, attention_mask, position_ids, packed_segment_ids, deterministic)
-    x = Dropout(rate=module.config.hidden_dropout_prob)(out["sequence_output"], deterministic=deterministic)
+    bert = BertModel(module.config, name="bert")
+    if features:
+        out = bert(input_ids, token_type_ids, attention_mask, position_ids, packed_segment_ids,
+                   deterministic=True, output_hidden_states=True)
+        x = LayerFeatures(features, name="feature_mix")(jax.lax.stop_gradient(out.pop("hidden_states")))
+    else:
+        out = bert(input_ids, token_type_ids, attention_mask, position_ids, packed_segment_ids, deterministic)
+        x = out["sequence_output"]
+    x = Dropout(rate=module.config.hidden_dropout_prob)(x, deterministic=deterministic)
     seq, final = _bilstm(module.config, module.bilstm_hidden_size, module.bilstm_layers)(x, lengths)
     return out, seq, final
 
@@ -256,18 +266,8 @@ class BertBiLSTMForTokenClassification(nn.Module):
     @nn.compact
     def __call__(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None,
                  packed_segment_ids=None, deterministic: bool = True) -> dict[str, jax.Array]:
-        lengths = _bilstm_lengths(input_ids, attention_mask, packed_segment_ids)
-        bert = BertModel(self.config, name="bert")
-        if self.features:
-            out = bert(input_ids, token_type_ids, attention_mask, position_ids, packed_segment_ids,
-                       deterministic=True, output_hidden_states=True)
-            hidden_states = jax.lax.stop_gradient(out.pop("hidden_states"))
-            x = LayerFeatures(self.features, name="feature_mix")(hidden_states)
-        else:
-            out = bert(input_ids, token_type_ids, attention_mask, position_ids, packed_segment_ids, deterministic)
-            x = out["sequence_output"]
-        x = Dropout(rate=self.config.hidden_dropout_prob)(x, deterministic=deterministic)
-        seq, _ = _bilstm(self.config, self.bilstm_hidden_size, self.bilstm_layers)(x, lengths)
+        out, seq, _ = _encoder_then_bilstm(self, input_ids, token_type_ids, attention_mask, position_ids,
+                                           packed_segment_ids, deterministic, self.features)
         seq = Dropout(rate=self.config.hidden_dropout_prob)(seq, deterministic=deterministic)
         return {**out, "logits": _bilstm_classifier(self.config, self.num_labels)(seq)}
 
@@ -286,7 +286,7 @@ class BertBiLSTMForSequenceClassification(nn.Module):
     @nn.compact
     def __call__(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None,
                  packed_segment_ids=None, deterministic: bool = True) -> dict[str, jax.Array]:
-        out, _, final = _fine_tuned_bilstm(self, input_ids, token_type_ids, attention_mask, position_ids,
+        out, _, final = _encoder_then_bilstm(self, input_ids, token_type_ids, attention_mask, position_ids,
                                            packed_segment_ids, deterministic)
         final = Dropout(rate=self.config.hidden_dropout_prob)(final, deterministic=deterministic)
         return {**out, "logits": _bilstm_classifier(self.config, self.num_labels)(final)}
@@ -304,7 +304,7 @@ class BertBiLSTMForQuestionAnswering(nn.Module):
     @nn.compact
     def __call__(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None,
                  packed_segment_ids=None, deterministic: bool = True) -> dict[str, jax.Array]:
-        out, seq, _ = _fine_tuned_bilstm(self, input_ids, token_type_ids, attention_mask, position_ids,
+        out, seq, _ = _encoder_then_bilstm(self, input_ids, token_type_ids, attention_mask, position_ids,
                                          packed_segment_ids, deterministic)
         logits = _bilstm_classifier(self.config, 2)(seq)  # [batch, length, 2]
         return {**out, "start_logits": logits[..., 0], "end_logits": logits[..., 1]}
