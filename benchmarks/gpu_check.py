@@ -332,20 +332,10 @@ def attention_numerics(args, case: str, dtype: str, compare: str) -> dict:
 
 
 def array_pretraining_task(config, train_arrays: dict, eval_arrays: dict):
-    """bert_jax's PretrainingTask on decoded instance arrays: the trainer's array BatchIterator
-    (tasks.features.ArrayBatchIterator) instead of the grain + tf.io input pipeline, which needs
-    TensorFlow and grain, two packages the lent GPU machine does not have."""
-    from bert_jax.tasks import features
-    from bert_jax.tasks.pretraining import PretrainingTask
-
-    class ArrayPretrainingTask(PretrainingTask):
-        def train_iterator(self, batch_size, seed, process_index=0, process_count=1):
-            return features.ArrayBatchIterator(train_arrays, batch_size, seed, process_index, process_count)
-
-        def eval_batches(self, batch_size):
-            return features.padded_batches(eval_arrays, batch_size)[:int(self.config.task.num_eval_batches)]
-
-    return ArrayPretrainingTask(config)
+    """bert_jax's PretrainingTask on decoded instance arrays (an ArraySource) instead of the grain +
+    tf.io input pipeline, which needs TensorFlow and grain, two packages the lent GPU machine lacks."""
+    from bert_jax.tasks.pretraining import ArraySource, PretrainingTask
+    return PretrainingTask(config, ArraySource(train_arrays, eval_arrays))
 
 
 _TRAINED: dict = {}

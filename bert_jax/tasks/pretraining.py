@@ -17,6 +17,10 @@ sequence come from `config.data` too. Config fields (`config.task`): name="pretr
 objective ("masked_lm" as in BERT, or "next_token"), synthetic_data=False (random-token batches,
 for benchmarks and trainer tests), eval_input_files ("" = no evaluation; held-out files in the
 format of config.data), num_eval_batches (held-out batches per evaluation).
+
+The task's data come from a source passed in (`PretrainingTask(config, source)`): by default
+`ConfigSource` (synthetic batches or config.data's files); `ArraySource` serves decoded instance
+arrays, for callers without the file readers (benchmarks/gpu_check.py).
 """
 
 from __future__ import annotations
@@ -134,11 +138,65 @@ class SyntheticPretrainingIterator:
         self._global.set_state(state)
 
 
-class PretrainingTask(Task):
-    higher_is_better = True
+class ConfigSource:
+    """The data config.data and config.task name: synthetic batches, or the input pipeline's files."""
 
     def __init__(self, config):
         self.config = config
+
+    def train_iterator(self, batch_size, seed, process_index=0, process_count=1):
+        if self.config.task.synthetic_data:
+            return SyntheticPretrainingIterator(self.config.data, batch_size, int(self.config.model.vocab_size),
+                                                seed, process_index, process_count)
+        from data_pipelines import input_pipeline
+        return input_pipeline.make_pretraining_iterator(
+            self.config.data, batch_size, seed, process_index, process_count)
+
+    def eval_batches(self, batch_size, num_batches) -> list[dict]:
+        """`num_batches` global held-out batches, the same at every call; [] without held-out data."""
+        task = self.config.task
+        if task.synthetic_data:
+            # A seed no training run uses: the held-out batches differ from every training batch.
+            iterator = SyntheticPretrainingIterator(self.config.data, batch_size, int(self.config.model.vocab_size),
+                                                    seed=2**31 - 1)
+        elif task.eval_input_files:
+            from data_pipelines import input_pipeline
+            eval_data = ml_collections.ConfigDict(self.config.data.to_dict())
+            eval_data.input_files, eval_data.tfds_name = task.eval_input_files, ""
+            eval_data.prefetch_batches = 0
+            iterator = input_pipeline.make_pretraining_iterator(eval_data, batch_size, seed=0)
+        else:
+            return []  # no held-out data configured: no evaluation
+        batches = [next(iterator) for _ in range(num_batches)]
+        if hasattr(iterator, "close"):
+            iterator.close()
+        return batches
+
+
+class ArraySource:
+    """Decoded instance arrays ({feature: [examples, ...]}) in memory: no file reader needed."""
+
+    def __init__(self, train_arrays: dict[str, np.ndarray], eval_arrays: dict[str, np.ndarray] | None = None):
+        self.train_arrays, self.eval_arrays = train_arrays, eval_arrays
+
+    def train_iterator(self, batch_size, seed, process_index=0, process_count=1):
+        from bert_jax.tasks import features
+        return features.ArrayBatchIterator(self.train_arrays, batch_size, seed, process_index, process_count)
+
+    def eval_batches(self, batch_size, num_batches) -> list[dict]:
+        if self.eval_arrays is None:
+            return []
+        from bert_jax.tasks import features
+        return features.padded_batches(self.eval_arrays, batch_size)[:num_batches]
+
+
+class PretrainingTask(Task):
+    higher_is_better = True
+
+    def __init__(self, config, source=None):
+        """`source`: where batches come from (`ConfigSource(config)` if None; see `ArraySource`)."""
+        self.config = config
+        self.source = ConfigSource(config) if source is None else source
         self.nsp = bool(config.data.next_sentence_prediction)
         self.objective = config.task.get("objective", "masked_lm")
         if self.objective not in OBJECTIVES:
@@ -159,35 +217,13 @@ class PretrainingTask(Task):
         return BertForPreTraining(bert_config)
 
     def train_iterator(self, batch_size, seed, process_index=0, process_count=1):
-        if self.config.task.synthetic_data:
-            return SyntheticPretrainingIterator(self.config.data, batch_size, int(self.config.model.vocab_size),
-                                                seed, process_index, process_count)
-        from data_pipelines import input_pipeline
-        return input_pipeline.make_pretraining_iterator(
-            self.config.data, batch_size, seed, process_index, process_count)
+        return self.source.train_iterator(batch_size, seed, process_index, process_count)
 
     def eval_batches(self, batch_size) -> Iterable[dict]:
         """`num_eval_batches` global batches of held-out data, the same at every evaluation."""
-        task = self.config.task
-        if task.synthetic_data:
-            # A seed no training run uses: the held-out batches differ from every training batch.
-            iterator = SyntheticPretrainingIterator(self.config.data, batch_size, int(self.config.model.vocab_size),
-                                                    seed=2**31 - 1)
-        elif task.eval_input_files:
-            from data_pipelines import input_pipeline
-            eval_data = ml_collections.ConfigDict(self.config.data.to_dict())
-            eval_data.input_files, eval_data.tfds_name = task.eval_input_files, ""
-            eval_data.prefetch_batches = 0
-            iterator = input_pipeline.make_pretraining_iterator(eval_data, batch_size, seed=0)
-        else:
-            return []  # no held-out data configured: no evaluation
-        batches = []
-        for _ in range(int(task.num_eval_batches)):
-            batch = next(iterator)
+        batches = self.source.eval_batches(batch_size, int(self.config.task.num_eval_batches))
+        for batch in batches:
             batch.setdefault("example_weight", np.ones(batch["input_ids"].shape[0], np.float32))
-            batches.append(batch)
-        if hasattr(iterator, "close"):
-            iterator.close()
         return batches
 
     def _targets(self, batch):
