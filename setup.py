@@ -34,7 +34,9 @@ INSTALL_REQUIRES = [
 
 # `create_pretraining_data --engine beam`: the same recipe on DirectRunner, Dataflow, Flink or Spark.
 # 2.77 resolves beside tensorflow 2.21 (protobuf 6, pyarrow 25, pillow 12; checked in a fresh venv).
-BEAM_REQUIRES = ["apache-beam>=2.77,<3"]
+# [dask]: DaskRunner (apache_beam.runners.dask.dask_runner.DaskRunner) on a dask.distributed cluster;
+# dask/distributed 2026.8 resolve beside our pins (pip check clean).
+BEAM_REQUIRES = ["apache-beam[dask]>=2.77,<3"]
 
 TEST_REQUIRES = [
     "pytest>=8",
@@ -47,6 +49,11 @@ TEST_REQUIRES = [
     "seqeval>=1.2.2",
     # tensorboard's own EventAccumulator reads the trainer's event files back in the resume tests.
     "tensorboard>=2.15",
+    # A real GCS JSON API on 127.0.0.1 for the gs:// workdir tests (tests/gcs_emulator.py), and the
+    # clients that reach it: gcsfs (etils.epath with EPATH_USE_TF=false) and google-cloud-storage.
+    "gcp-storage-emulator>=2024.8",
+    "gcsfs>=2024.2",
+    "google-cloud-storage>=2.14,<4",
 ]
 
 setup(
