@@ -53,6 +53,7 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
         synthetic_data="synthetic" in options,
         eval_input_files="",  # held-out ArrayRecord or TFRecord files ("" = no evaluation)
         num_eval_batches=20,
+        unigram_baseline_batches=50,  # training batches counted for the context-free baseline
     ))
     config.train.num_steps = steps
     config.optimizer.warmup_steps = warmup

@@ -16,7 +16,14 @@ NSP follows `config.data.next_sentence_prediction`; sequence length and predicti
 sequence come from `config.data` too. Config fields (`config.task`): name="pretraining",
 objective ("masked_lm" as in BERT, or "next_token"), synthetic_data=False (random-token batches,
 for benchmarks and trainer tests), eval_input_files ("" = no evaluation; held-out files in the
-format of config.data), num_eval_batches (held-out batches per evaluation).
+format of config.data), num_eval_batches (held-out batches per evaluation),
+unigram_baseline_batches (training batches whose token frequencies make the unigram baseline;
+0 or unset = no baseline).
+
+Evaluation reports, beside the losses and accuracies: `hidden_cosine` and
+`hidden_effective_rank` (bert_jax.representation: is the encoder collapsed?), and
+`mlm_unigram_loss` / `mlm_unigram_accuracy`, the same held-out targets predicted from training
+frequencies alone (tasks.unigram_baseline), which a model that uses context must beat.
 
 The task's data come from a source passed in (`PretrainingTask(config, source)`): by default
 `ConfigSource` (synthetic batches or config.data's files); `ArraySource` serves decoded instance
@@ -30,6 +37,8 @@ from typing import Any, Iterable
 import ml_collections
 import numpy as np
 
+from bert_jax import representation
+from bert_jax.tasks import unigram_baseline
 from bert_jax.tasks.base import Task
 
 # Google's TFRecord feature names -> the model's argument names.
@@ -43,6 +52,11 @@ _MODEL_INPUTS = {
 
 
 OBJECTIVES = ("masked_lm", "next_token")
+
+# The outputs of `pretraining_statistics` (the rest of `predict`'s outputs feed other statistics).
+LOSS_STATISTICS = ("mlm_nll_sum", "mlm_correct_sum", "mlm_weight_sum", "nsp_nll", "nsp_correct")
+# Rows per batch read to count the unigram baseline's training frequencies.
+UNIGRAM_BATCH_SIZE = 64
 
 
 def next_token_targets(batch) -> dict[str, Any]:
@@ -250,14 +264,54 @@ class PretrainingTask(Task):
         return metrics["loss"], self._named(metrics)
 
     def predict(self, model, params, batch):
+        """Per-example loss sums, the targets (for the unigram baseline) and the rows of the
+        representation statistics. The latter need every position's final hidden state, which
+        the MLM forward pass does not compute (its last layer reads only the masked rows), so
+        the encoder runs a second time, alone."""
+        from bert_jax.modeling.models import BertModel
+
         batch = self._targets(batch)
         outputs = self._outputs(model, params, batch, deterministic=True)
-        return pretraining_statistics(outputs, batch, self.nsp)
+        encoder = BertModel(model.config).apply({"params": params["bert"]}, **model_inputs(batch), deterministic=True)
+        return {**pretraining_statistics(outputs, batch, self.nsp),
+                "target_ids": batch["masked_lm_ids"], "target_weights": batch["masked_lm_weights"],
+                **representation.hidden_state_rows(encoder["sequence_output"], batch["input_mask"])}
 
     def evaluate(self, predictions, batches) -> dict[str, float]:
-        stats = {k: np.concatenate([p[k] for p in predictions]) for k in predictions[0]}
+        loss_keys = [k for k in predictions[0] if k in LOSS_STATISTICS]
+        stats = {k: np.concatenate([p[k] for p in predictions]) for k in loss_keys}
         weight = np.concatenate([b["example_weight"] for b in batches]).astype(np.float64)
-        return self._named({k: float(v) for k, v in losses_from_statistics(stats, weight, np).items()})
+        metrics = {k: float(v) for k, v in losses_from_statistics(stats, weight, np).items()}
+        metrics.update(representation.statistics(predictions, weight))
+        if self._unigram_log_probs() is not None:
+            targets = np.concatenate([p["target_ids"] for p in predictions])
+            target_weights = np.concatenate([p["target_weights"] for p in predictions]) * weight[:, None]
+            loss, accuracy = unigram_baseline.loss_and_accuracy(self._unigram_log_probs(), targets, target_weights)
+            metrics.update({"mlm_unigram_loss": loss, "mlm_unigram_accuracy": accuracy})
+        return self._named(metrics)
+
+    def _unigram_log_probs(self) -> np.ndarray | None:
+        """Token log-frequencies of the first `task.unigram_baseline_batches` training batches
+        (seed 0, the same for every run of this data), counted once; None when that is 0."""
+        if not hasattr(self, "_unigram"):
+            self._unigram = None
+            num_batches = int(self.config.task.get("unigram_baseline_batches", 0))
+            if num_batches > 0:
+                iterator = self.source.train_iterator(UNIGRAM_BATCH_SIZE, seed=0)
+                batches = [next(iterator) for _ in range(num_batches)]
+                if hasattr(iterator, "close"):
+                    iterator.close()
+                counts = unigram_baseline.token_counts(batches, int(self.config.model.vocab_size),
+                                                       self._special_ids())
+                self._unigram = unigram_baseline.log_probs(counts)
+        return self._unigram
+
+    def _special_ids(self) -> frozenset[int]:
+        vocab_file = self.config.data.get("vocab_file", "")
+        if not vocab_file or self.config.task.synthetic_data:
+            return frozenset()
+        from data_pipelines.tokenization import load_tokenizer
+        return load_tokenizer(vocab_file).special_ids
 
 
 def make_pretraining_task(config) -> PretrainingTask:

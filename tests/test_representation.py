@@ -1,0 +1,136 @@
+"""The collapse statistics (bert_jax.representation) and the unigram baseline, against sklearn and
+independent numpy computations on known inputs; and their path through pretraining evaluation."""
+
+import collections
+
+import numpy as np
+import pytest
+from sklearn.metrics.pairwise import cosine_similarity
+
+from bert_jax import representation
+from bert_jax.tasks import unigram_baseline
+
+
+def _rows(hidden, mask, k=representation.SAMPLES_PER_EXAMPLE):
+    import jax.numpy as jnp
+    return {key: np.asarray(v) for key, v in representation.hidden_state_rows(jnp.asarray(hidden), jnp.asarray(mask), k).items()}
+
+
+def _padded(rng, lengths, length=9, hidden=16):
+    mask = (np.arange(length)[None, :] < np.asarray(lengths)[:, None]).astype(np.int32)
+    states = rng.normal(size=(len(lengths), length, hidden)).astype(np.float32) + 0.7  # a shared offset: cosine > 0
+    states[mask == 0] = 1e6  # padding rows that would dominate any statistic that reads them
+    return states, mask
+
+
+def test_mean_pairwise_cosine_equals_sklearns_over_real_tokens_of_weighted_examples():
+    rng = np.random.default_rng(0)
+    states, mask = _padded(rng, [9, 4, 1, 6])
+    weight = np.array([1.0, 1.0, 1.0, 0.0])  # the last example is batch padding
+    batches = [_rows(states[:2], mask[:2]), _rows(states[2:], mask[2:])]
+    got = representation.statistics(batches, weight)["hidden_cosine"]
+
+    real = np.concatenate([states[i][mask[i] == 1] for i in range(3)])  # 14 tokens
+    similarity = cosine_similarity(real)
+    off_diagonal = similarity[~np.eye(len(real), dtype=bool)]
+    assert got == pytest.approx(off_diagonal.mean(), rel=1e-5)
+    assert 0.1 < got < 0.9
+
+
+def test_identical_states_have_cosine_one_and_rank_one():
+    states = np.tile(np.arange(1.0, 17.0, dtype=np.float32), (2, 5, 1)) * np.array([1, 3], np.float32)[:, None, None]
+    stats = representation.statistics([_rows(states, np.ones((2, 5)))], np.ones(2))
+    assert stats["hidden_cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert stats["hidden_effective_rank"] == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("rank", [1, 3, 16])
+def test_effective_rank_of_equal_singular_values_is_the_rank(rank):
+    rng = np.random.default_rng(rank)
+    left, _ = np.linalg.qr(rng.normal(size=(64, rank)))
+    right, _ = np.linalg.qr(rng.normal(size=(16, rank)))
+    matrix = 5.0 * left @ right.T  # singular values: `rank` fives
+    assert representation.effective_rank(matrix) == pytest.approx(rank, rel=1e-6)
+
+
+def test_effective_rank_is_exp_entropy_of_normalised_singular_values():
+    rng = np.random.default_rng(1)
+    left, _ = np.linalg.qr(rng.normal(size=(40, 3)))
+    right, _ = np.linalg.qr(rng.normal(size=(8, 3)))
+    matrix = left @ np.diag([3.0, 2.0, 1.0]) @ right.T
+    p = np.array([3.0, 2.0, 1.0]) / 6.0
+    assert representation.effective_rank(matrix) == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-6)
+
+
+def test_samples_are_real_tokens_spread_over_each_example():
+    rng = np.random.default_rng(2)
+    states, mask = _padded(rng, [9, 3, 1])
+    rows = _rows(states, mask, k=4)
+    for i, length in enumerate([9, 3, 1]):
+        real = states[i][:length]
+        for sample in rows["hidden_sample"][i]:
+            assert np.any(np.all(np.isclose(real, sample), axis=-1)), f"example {i}: a sample is not a real token"
+    np.testing.assert_array_equal(rows["hidden_count"], [9, 3, 1])
+    # 4 samples over 9 tokens: positions floor((j + 0.5) * 9 / 4) = 1, 3, 5, 7.
+    np.testing.assert_allclose(rows["hidden_sample"][0], states[0][[1, 3, 5, 7]])
+
+
+def test_collapse_warning_only_above_the_threshold():
+    assert representation.collapse_warning({"hidden_cosine": 0.35, "hidden_effective_rank": 80.0}) is None
+    assert representation.collapse_warning({"mlm_loss": 7.0}) is None
+    warning = representation.collapse_warning({"hidden_cosine": 0.998, "hidden_effective_rank": 1.4})
+    assert "collapsed" in warning and "0.998" in warning
+    assert representation.collapse_warning({"hidden_cosine": float("nan")}) is None
+
+
+def _batch(input_ids, positions, labels, weights, mask):
+    return {"input_ids": np.array(input_ids), "input_mask": np.array(mask),
+            "masked_lm_positions": np.array(positions), "masked_lm_ids": np.array(labels),
+            "masked_lm_weights": np.array(weights, np.float32)}
+
+
+def test_unigram_counts_restore_masked_tokens_and_skip_padding_and_specials():
+    # vocab: 0 [PAD], 1 [CLS], 2 [SEP], 3 [MASK], 4.. words. Row 0 is "CLS 5 6 5 SEP" with 6
+    # masked (shown as [MASK]) and 5 at position 3 replaced by a random 9; row 1 is padded.
+    batch = _batch([[1, 5, 3, 9, 2], [1, 7, 2, 0, 0]], [[2, 3], [0, 0]], [[6, 5], [0, 0]], [[1, 1], [0, 0]],
+                   [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    counts = unigram_baseline.token_counts([batch], vocab_size=10, special_ids=[0, 1, 2, 3])
+    expected = collections.Counter({5: 2, 6: 1, 7: 1})
+    np.testing.assert_array_equal(counts, [expected.get(i, 0) for i in range(10)])
+
+
+def test_unigram_loss_and_accuracy_against_a_direct_computation():
+    counts = np.array([0, 0, 0, 0, 10, 5, 1, 0], np.float64)
+    log_p = unigram_baseline.log_probs(counts)
+    probabilities = (counts + 1) / (16 + 8)
+    np.testing.assert_allclose(np.exp(log_p), probabilities)
+    targets = np.array([[4, 5, 7], [6, 4, 0]])
+    weights = np.array([[1, 1, 1], [1, 0, 0]], np.float32)
+    loss, accuracy = unigram_baseline.loss_and_accuracy(log_p, targets, weights)
+    chosen = [4, 5, 7, 6]
+    assert loss == pytest.approx(-np.mean(np.log(probabilities[chosen])))
+    assert accuracy == pytest.approx(0.25)  # token 4, the most frequent, is right once in 4
+
+
+def test_pretraining_evaluation_reports_the_statistics_and_the_baseline(tmp_path):
+    """Through the trainer: results.json and metrics.jsonl carry the statistics (synthetic data:
+    uniform random tokens, so the unigram baseline's loss is near ln(vocab))."""
+    import json
+
+    from bert_jax import train
+    from tests.train_helpers import tiny_config
+
+    config = tiny_config(num_steps=2, eval_every=2)
+    config.task.num_eval_batches = 2
+    config.task.unigram_baseline_batches = 20
+    train.train_and_evaluate(config, tmp_path)
+    results = json.loads((tmp_path / "results.json").read_text())
+    final = results["final_eval"] if "final_eval" in results else results
+    flat = json.dumps(final)
+    for key in ("hidden_cosine", "hidden_effective_rank", "mlm_unigram_loss", "mlm_unigram_accuracy"):
+        assert key in flat, f"{key} missing from results.json: {flat[:400]}"
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if any("hidden_cosine" in k for k in r)]
+    assert evals, "no evaluation row with hidden_cosine in metrics.jsonl"
+    unigram = [v for r in evals for k, v in r.items() if k.endswith("mlm_unigram_loss")][0]
+    assert unigram == pytest.approx(np.log(1024), rel=0.05)
