@@ -195,11 +195,11 @@ _ARRAYS: dict = {}
 def instance_arrays(which: str, limit: int | None = None) -> dict:
     """The committed instances as [n, ...] numpy arrays, decoded by data_pipelines.tfrecord_io
     (protobuf; no TensorFlow, no grain)."""
-    from data_pipelines import tfrecord_io
+    from data_pipelines import record_files
     key = (which, limit)
     if key not in _ARRAYS:
-        _ARRAYS[key] = tfrecord_io.read_pretraining_arrays(TRAIN_FILES if which == "train" else HELDOUT_FILES,
-                                                           limit=limit)
+        _ARRAYS[key] = record_files.read_pretraining_arrays(TRAIN_FILES if which == "train" else HELDOUT_FILES,
+                                                            limit=limit)
     return _ARRAYS[key]
 
 
@@ -499,7 +499,7 @@ def time_train_step(args, preset: str, seq_len: int, predictions: int, batch_siz
     from flax import linen as nn
 
     from bert_jax import flops as flops_lib
-    from bert_jax import optim, sharding, train
+    from bert_jax import optim, sharding, train_utils
     from bert_jax.config import BertConfig
     from bert_jax.tasks.pretraining import PretrainingTask, SyntheticPretrainingIterator
 
@@ -516,12 +516,12 @@ def time_train_step(args, preset: str, seq_len: int, predictions: int, batch_siz
     schedule = optim.learning_rate_schedule(config.optimizer.learning_rate, total_steps, 10 * total_steps)
     memory_before = device_memory()
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        layout = train.state_layout(model, tx, mesh, rules, seed=0)
+        layout = train_utils.state_layout(model, tx, mesh, rules, seed=0)
         state = layout.fresh_state(tx, layout.init_params())
-        step_fn = train.jit_train_step(task, model, tx, schedule, 1, mesh, layout)
+        step_fn = train_utils.jit_train_step(task, model, tx, schedule, 1, mesh, layout)
         data = SyntheticPretrainingIterator(config.data, batch_size, bert_config.vocab_size, seed=0)
         batches = [sharding.make_global_batch(next(data), mesh) for _ in range(2)]
-        compiled, compile_time, facts = train.compile_train_step(step_fn, state, batches[0])
+        compiled, compile_time, facts = train_utils.compile_train_step(step_fn, state, batches[0])
         fmha_calls = compiled.as_text().count("__cudnn$fmha")
         times = []
         for i in range(total_steps):

@@ -5,7 +5,7 @@
 The instances are Google-format ArrayRecord or TFRecord files (`python -m data_pipelines.create_pretraining_data`).
 Run it on held-out text, or on the training text with a new masking seed, to see how much of a
 falling training loss is memorisation. The figures are the trainer's own evaluation: its
-prediction loop (`bert_jax.train.Predictor`, token ids checked per batch) running
+prediction loop (`bert_jax.predict.Predictor`, token ids checked per batch) running
 `bert_jax.tasks.pretraining.PretrainingTask`'s predict and evaluate over the first `--limit`
 instances; one JSON line per checkpoint.
 """
@@ -26,9 +26,9 @@ if str(REPO) not in sys.path:  # `python benchmarks/mlm_eval.py` from a clone
     sys.path.insert(0, str(REPO))
 
 from bert_jax import load_pretrained  # noqa: E402
-from bert_jax.train import pretrained_predictor  # noqa: E402
+from bert_jax.predict import pretrained_predictor  # noqa: E402
 from bert_jax.tasks.pretraining import PretrainingTask  # noqa: E402
-from data_pipelines.tfrecord_io import read_pretraining_arrays  # noqa: E402
+from data_pipelines.record_files import read_pretraining_arrays  # noqa: E402
 
 
 def instance_batches(instances: dict[str, np.ndarray], batch_size: int) -> list[dict[str, np.ndarray]]:

@@ -1,13 +1,13 @@
 """Masked-LM masking as in google-research/bert `create_pretraining_data.py`, on token ids.
 
-Two entry points share one definition of the recipe:
+One implementation, `mask_batch(input_ids, input_mask, vocab, ...)`, masks a `[batch, length]`
+array at once, vectorised in numpy. Both paths call it; only the source of randomness differs:
 
-* `mask_sequence(input_ids, vocab, rng, ...)` masks one sequence with a `numpy.random.Generator`
-  (static masking when pretraining instances are written).
-* `mask_batch(input_ids, input_mask, vocab, ...)` masks a `[batch, length]` array at once
-  (dynamic masking at load time, RoBERTa). Its randomness is either a Generator or one 64-bit
-  key per row (`row_keys`, see `example_keys`), so that the mask of an example depends only on
-  (seed, epoch, example index), never on how examples were batched, sharded or resumed.
+* static masking, when `create_pretraining_data` writes instances (`pretraining_instances`):
+  `rng=`, a `numpy.random.Generator`;
+* dynamic masking at load time (RoBERTa; the input pipeline's iterator): `row_keys=`, one 64-bit
+  key per row (`example_keys`), so that the mask of an example depends only on (seed, epoch,
+  example index), never on how examples were batched, sharded or resumed.
 
 The recipe (paper defaults):
 
@@ -166,88 +166,6 @@ def _word_starts(ids: np.ndarray, maskable: np.ndarray, vocab: MaskingVocab,
     return maskable & ~(continues & prev_maskable)
 
 
-def mask_sequence(
-    input_ids: np.ndarray,
-    vocab: MaskingVocab,
-    rng: np.random.Generator,
-    *,
-    masked_lm_prob: float = MASKED_LM_PROB,
-    max_predictions_per_seq: int = MAX_PREDICTIONS_PER_SEQ,
-    whole_word_masking: bool = False,
-    mask_token_prob: float = MASK_TOKEN_PROB,
-    random_token_prob: float = RANDOM_TOKEN_PROB,
-    word_ids: Optional[np.ndarray] = None,
-    count_specials: bool = True,
-) -> dict[str, np.ndarray]:
-    """Masks one sequence, Google's recipe (see the module docstring).
-
-    Args:
-      input_ids: [length] int ids, `[CLS] A [SEP] B [SEP]`, with or without trailing [PAD]s
-        (padding is neither a candidate nor counted in `len(tokens)`).
-      vocab: special ids, [MASK] id, vocab size and word continuations.
-      rng: consumed; the same Generator state gives the same masking.
-      masked_lm_prob, max_predictions_per_seq, mask_token_prob, random_token_prob: the recipe.
-      whole_word_masking: choose whole words; the 80/10/10 decision is made once per word.
-      word_ids: optional [length] ints, equal for sub-tokens of one word (-1 for none); replaces
-        the vocabulary's "##" rule for whole-word masking.
-      count_specials: True = Google's count (`len(tokens)` with [CLS]/[SEP]); False = count only
-        the candidates (see the module docstring).
-
-    Returns:
-      dict of `input_ids` [length] int32 (masked), `masked_lm_positions` [P] int32,
-      `masked_lm_ids` [P] int32, `masked_lm_weights` [P] float32, P = max_predictions_per_seq.
-    """
-    validate_masking_args(masked_lm_prob, max_predictions_per_seq, mask_token_prob, random_token_prob)
-    ids = np.asarray(input_ids)
-    if ids.ndim != 1:
-        raise ValueError(f"mask_sequence takes one [length] sequence, got shape {ids.shape}")
-    if ids.size and (ids.min() < 0 or ids.max() >= vocab.vocab_size):
-        raise ValueError(f"input_ids hold ids outside [0, {vocab.vocab_size}): min {ids.min()}, max {ids.max()}")
-    real = ids != vocab.pad_id
-    maskable = real & ~vocab.is_special[ids]
-    starts_mask = _word_starts(ids, maskable, vocab, whole_word_masking, word_ids)
-    # A candidate is a contiguous run: its start, then the maskable tokens that continue it.
-    start_of = np.maximum.accumulate(np.where(starts_mask, np.arange(len(ids)), 0))
-    starts = np.flatnonzero(starts_mask)
-    sizes = np.bincount(start_of[maskable], minlength=len(ids))[starts]
-    length = real.sum() if count_specials else maskable.sum()
-    target = int(num_to_predict(length, masked_lm_prob, max_predictions_per_seq))
-
-    chosen_words = []
-    count = 0
-    for w in rng.permutation(len(starts)):
-        if count >= target:
-            break
-        size = sizes[w]
-        if count + size > target:
-            continue
-        chosen_words.append(w)
-        count += size
-
-    out = ids.astype(np.int32, copy=True)
-    positions = []
-    for w in chosen_words:
-        span = np.arange(starts[w], starts[w] + sizes[w])
-        # One decision for the whole word (google-research/bert#910: Google's whole-word masking
-        # drew 80/10/10 per sub-token, so a word could end up partly [MASK] and partly visible).
-        u = rng.random()
-        if u < mask_token_prob:
-            out[span] = vocab.mask_id
-        elif u < mask_token_prob + random_token_prob:
-            out[span] = rng.integers(0, vocab.vocab_size, size=len(span))
-        positions.append(span)
-    positions = np.sort(np.concatenate(positions)) if positions else np.zeros(0, np.int64)
-
-    padded_positions = np.zeros(max_predictions_per_seq, np.int32)
-    padded_ids = np.zeros(max_predictions_per_seq, np.int32)
-    weights = np.zeros(max_predictions_per_seq, np.float32)
-    padded_positions[:len(positions)] = positions
-    padded_ids[:len(positions)] = ids[positions]
-    weights[:len(positions)] = 1.0
-    return {"input_ids": out, "masked_lm_positions": padded_positions,
-            "masked_lm_ids": padded_ids, "masked_lm_weights": weights}
-
-
 # ---------------------------------------------------------------- counter-based randomness
 # splitmix64 (Steele, Lea & Flood 2014): the i-th draw of a stream seeded with key k is
 # mix(k + i * golden). Vectorised in numpy, it gives every (example, position) its own
@@ -299,7 +217,7 @@ def mask_batch(
     word_ids: Optional[np.ndarray] = None,
     count_specials: bool = True,
 ) -> dict[str, np.ndarray]:
-    """Masks a whole batch at once, vectorised in numpy; same recipe as `mask_sequence`.
+    """Masks a whole batch at once, Google's recipe (see the module docstring).
 
     Args:
       input_ids: [batch, length] int ids.
@@ -308,8 +226,12 @@ def mask_batch(
       rng: a Generator to draw from, or
       row_keys: [batch] uint64, one key per example (`example_keys(seed, epoch, index)`); the mask
         of a row is then a pure function of its key and ids. Give exactly one of the two.
-      word_ids: optional [batch, length] word ids for whole-word masking (-1 = none).
-      Other arguments: as in `mask_sequence`.
+      masked_lm_prob, max_predictions_per_seq, mask_token_prob, random_token_prob: the recipe.
+      whole_word_masking: choose whole words; the 80/10/10 decision is made once per word.
+      word_ids: optional [batch, length] ints, equal for sub-tokens of one word (-1 for none);
+        replaces the vocabulary's "##" rule for whole-word masking.
+      count_specials: True = Google's count (`len(tokens)` with [CLS]/[SEP]); False = count only
+        the candidates (see the module docstring).
 
     Returns:
       dict of `input_ids` [batch, length] int32, `masked_lm_positions` [batch, P] int32,

@@ -15,8 +15,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from typing import Iterator
+from typing import Iterable, Iterator, Optional
 
+import numpy as np
 from etils import epath
 
 from data_pipelines import files, tfrecord_io
@@ -87,16 +88,95 @@ class ShardWriter:
                 os.remove(self._temp)
 
 
-def iter_records(path: str) -> Iterator[bytes]:
-    """Every record of one file, in order."""
-    if format_of(path) == "tfrecord":
-        yield from tfrecord_io.iter_tfrecord(path)
-        return
+class ShardReadError(ValueError):
+    """A shard that cannot be read; the message names the file (and the record where known)."""
+
+
+def shard_error(path: str, error: Exception, record: Optional[int] = None) -> ShardReadError:
+    """`error` re-worded to name the shard: array_record's own messages ("Corrupted Riegeli/records
+    file: chunk header hash mismatch") name no file, and a run reads hundreds of shards."""
+    where = f"{path}" + (f": record {record}" if record is not None else "")
+    return ShardReadError(f"{where}: cannot read this {format_of(path)} shard, damaged or cut short? "
+                          f"({type(error).__name__}: {error})")
+
+
+def open_array_record(path: str):
+    """An `ArrayRecordReader` on one file whose footer index was read; else a `ShardReadError`.
+
+    A cut file opens without an exception, reports 0 records and `ok() == False`: it would read
+    as an empty shard, so it is refused here."""
     from array_record.python.array_record_module import ArrayRecordReader
 
-    reader = ArrayRecordReader(files.local_copy(path))
     try:
-        for start in range(0, reader.num_records(), 1024):
-            yield from reader.read(list(range(start, min(start + 1024, reader.num_records()))))
+        reader = ArrayRecordReader(files.local_copy(path))
+        if not reader.ok():
+            reader.read([0])  # raises riegeli's own account of the damage
+            raise RuntimeError("the footer index cannot be read")
+    except ShardReadError:
+        raise
+    except Exception as error:  # riegeli's RuntimeError names no file
+        raise shard_error(path, error) from error
+    return reader
+
+
+def array_record_count(path: str) -> int:
+    """Number of records of one ArrayRecord file, from its footer index (no scan)."""
+    reader = open_array_record(path)
+    try:
+        return reader.num_records()
     finally:
         reader.close()
+
+
+def first_unreadable(read_one, indices: Iterable[int]) -> Optional[int]:
+    """The first of `indices` whose `read_one(index)` raises, or None: after a batched read failed,
+    this finds the record to name (the error path only, so one read per record is affordable)."""
+    for index in indices:
+        try:
+            read_one(index)
+        except Exception:
+            return index
+    return None
+
+
+def iter_records(path: str) -> Iterator[bytes]:
+    """Every record of one file, in order; a damaged file is a `ShardReadError` naming it."""
+    if format_of(path) == "tfrecord":
+        yield from tfrecord_io.iter_tfrecord(path)  # names the file and record itself
+        return
+    reader = open_array_record(path)
+    try:
+        total = reader.num_records()
+        for start in range(0, total, 1024):
+            indices = list(range(start, min(start + 1024, total)))
+            try:
+                records = reader.read(indices)
+            except Exception as error:
+                record = first_unreadable(lambda i: reader.read([i]), indices)
+                raise shard_error(path, error, record=record) from error
+            yield from records
+    finally:
+        reader.close()
+
+
+def read_pretraining_arrays(patterns: str | Iterable[str], limit: Optional[int] = None) -> dict[str, np.ndarray]:
+    """Google-format pretraining files (ArrayRecord or TFRecord) stacked into [n, ...] arrays (int32 / float32).
+
+    At most `limit` examples, in file-name order, record by record."""
+    rows = []
+    for path in files.expand_paths(patterns):
+        if limit is not None and len(rows) >= limit:
+            break
+        for number, record in enumerate(iter_records(path)):
+            if limit is not None and len(rows) >= limit:
+                break
+            try:
+                rows.append(tfrecord_io.decode_example(record, int_dtype=np.int32))
+            except Exception as error:  # protobuf's DecodeError names neither file nor record
+                raise shard_error(path, error, record=number) from error
+    if not rows:
+        raise ValueError(f"no examples in {patterns!r}")
+    missing = [k for k in tfrecord_io.PRETRAINING_FEATURES if k not in rows[0]]
+    if missing:
+        raise ValueError(f"{patterns!r}: examples lack the pretraining feature(s) {missing}")
+    return {k: np.stack([r[k] for r in rows]) for k in tfrecord_io.PRETRAINING_FEATURES}

@@ -23,12 +23,10 @@ from __future__ import annotations
 import functools
 import os
 import struct
-from typing import Iterable, Iterator, Mapping, Optional
+from typing import Iterator, Mapping
 
 import numpy as np
 from etils import epath
-
-from data_pipelines.files import expand_paths
 
 PRETRAINING_INT_FEATURES = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions",
                             "masked_lm_ids", "next_sentence_labels")
@@ -291,21 +289,3 @@ def read_record_at(file, offset: int, length: int, where: str) -> bytes:
     if len(raw) < length + 4 or masked_crc32c(record) != struct.unpack("<I", raw[length:])[0]:
         raise ValueError(f"{where} has corrupt data (crc mismatch)")
     return record
-
-
-def read_pretraining_arrays(patterns: str | Iterable[str], limit: Optional[int] = None) -> dict[str, np.ndarray]:
-    """Google-format pretraining files (TFRecord or ArrayRecord) stacked into [n, ...] arrays (int32 / float32)."""
-    from data_pipelines import record_files
-
-    rows = []
-    for path in expand_paths(patterns):
-        for record in record_files.iter_records(path):
-            if limit is not None and len(rows) >= limit:
-                break
-            rows.append(decode_example(record, int_dtype=np.int32))
-    if not rows:
-        raise ValueError(f"no examples in {patterns!r}")
-    missing = [k for k in PRETRAINING_FEATURES if k not in rows[0]]
-    if missing:
-        raise ValueError(f"{patterns!r}: examples lack the pretraining feature(s) {missing}")
-    return {k: np.stack([r[k] for r in rows]) for k in PRETRAINING_FEATURES}

@@ -188,7 +188,7 @@ def unigram_baseline(train_patterns: str, heldout_patterns: str, vocab_file: pat
     masked positions restored; special tokens not counted), add-one smoothed over the vocabulary."""
     import numpy as np
 
-    from data_pipelines.tfrecord_io import read_pretraining_arrays
+    from data_pipelines.record_files import read_pretraining_arrays
     from data_pipelines.tokenization import load_tokenizer
 
     tok = load_tokenizer(vocab_file)

@@ -60,7 +60,7 @@ def test_unigram_baseline_on_heldout_reviews(tmp_path):
     above 0, well below ln(V) (text is Zipfian), and equal to the cross-entropy computed directly
     from token counts of the training instances' text."""
     from data_pipelines import create_pretraining_data, train_vocab
-    from data_pipelines.tfrecord_io import read_pretraining_arrays
+    from data_pipelines.record_files import read_pretraining_arrays
 
     austen = tmp_path / "austen.txt"
     austen.write_text(quickstart.AUSTEN.read_text(encoding="utf-8")[:300_000], encoding="utf-8")

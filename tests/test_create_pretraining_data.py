@@ -20,7 +20,7 @@ import pytest
 
 from data_pipelines import pretraining_instances as pi
 from data_pipelines import record_files, text_input
-from data_pipelines.tfrecord_io import read_pretraining_arrays
+from data_pipelines.record_files import read_pretraining_arrays
 from data_pipelines.tokenization import load_tokenizer
 from tests.gcs_mock import in_memory_gcs
 

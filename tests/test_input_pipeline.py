@@ -12,7 +12,7 @@ import pytest
 
 from data_pipelines import input_pipeline
 from data_pipelines.input_pipeline import SyntheticBatchIterator, make_pretraining_iterator
-from data_pipelines.masking import MaskingVocab, mask_sequence
+from data_pipelines.masking import MaskingVocab, mask_batch
 from data_pipelines.packing import unpack_row
 
 LENGTH, PREDICTIONS = 32, 5
@@ -44,7 +44,10 @@ def _make_examples(n, seed=0, short=False, length=LENGTH, predictions=PREDICTION
         ids[:size] = body
         segment = np.zeros(length, np.int64)
         segment[a + 2:size] = 1
-        masked = mask_sequence(ids, vocab, rng, max_predictions_per_seq=predictions, masked_lm_prob=0.15)
+        # masks from their own stream, so the bodies above do not depend on how masking draws
+        masked = mask_batch(ids[None], None, vocab, rng=np.random.default_rng([seed, r]),
+                            max_predictions_per_seq=predictions, masked_lm_prob=0.15)
+        masked = {k: v[0] for k, v in masked.items()}
         # keep the record id at position 1 readable: never masked in these fixtures
         keep = masked["masked_lm_positions"] == 1
         if keep.any() and masked["masked_lm_weights"][keep][0] > 0:
@@ -361,7 +364,7 @@ def test_bad_records_are_named_by_file_record_and_feature(data, tmp_path):
     damaged = bytearray(first)
     damaged[len(damaged) // 2] ^= 0xFF
     (tmp_path / "damaged.tfrecord").write_bytes(bytes(damaged))
-    with pytest.raises(ValueError, match=r"damaged.tfrecord: record \d+ has corrupt (data|length header)"):
+    with pytest.raises(ValueError, match=r"damaged.tfrecord: record \d+ (\(byte \d+\) )?has (a )?corrupt (data|length header)"):
         it = make_pretraining_iterator(_config(data, input_files=str(tmp_path / "damaged.tfrecord"), shuffle=False),
                                        30, seed=0)
         next(it)
@@ -480,7 +483,7 @@ def corpus_files(shared_data, tmp_path_factory):
 
 
 def test_reads_create_pretraining_data_output(corpus_files):
-    from data_pipelines.tfrecord_io import read_pretraining_arrays
+    from data_pipelines.record_files import read_pretraining_arrays
 
     expected = read_pretraining_arrays(corpus_files["static"])
     n = len(expected["input_ids"])
@@ -540,7 +543,7 @@ def test_dynamic_masking_statistics_on_corpus_instances(corpus_files, rate, coun
 def test_unmasked_reads_the_tokens_as_written(corpus_files):
     """data.unmasked (the next-token objective's input): rows as in the files, no masks; static
     files and dynamic masking are refused with the reason."""
-    from data_pipelines.tfrecord_io import read_pretraining_arrays
+    from data_pipelines.record_files import read_pretraining_arrays
 
     expected = read_pretraining_arrays(corpus_files["unmasked"])
     config = _config({"files": corpus_files["unmasked"], "vocab": corpus_files["vocab"]}, max_seq_length=128,
@@ -574,4 +577,5 @@ def test_order_and_dynamic_masks_are_pinned(data):
     fresh = make_pretraining_iterator(_config(data, dynamic_masking=True), 6, seed=0)
     assert fresh.get_state()["global_position"] == 0  # a state before the first batch is valid too
     batch = next(fresh)
-    assert batch["masked_lm_positions"][:2].tolist() == [[4, 6, 8, 11, 26], [7, 13, 14, 25, 28]]
+    # re-pinned once when the fixtures' static masks moved to their own random stream (record 82 got another length)
+    assert batch["masked_lm_positions"][:2].tolist() == [[4, 6, 11, 26, 30], [7, 13, 14, 25, 28]]

@@ -4,13 +4,8 @@
 import numpy as np
 import pytest
 
-from data_pipelines.masking import (
-    MaskingVocab,
-    example_keys,
-    mask_batch,
-    mask_sequence,
-    num_to_predict,
-)
+from data_pipelines import input_pipeline
+from data_pipelines.masking import MaskingVocab, example_keys, mask_batch, num_to_predict
 
 CLS, SEP, PAD, MASK = 101, 102, 0, 103
 LENGTH = 128
@@ -63,14 +58,21 @@ def _words(row, vocab):
     return words
 
 
-def _mask_rows(rows, vocab, how, **kwargs):
-    if how == "sequence":
-        rng = np.random.default_rng(1234)
-        outs = [mask_sequence(row, vocab, rng, **kwargs) for row in rows]
-        return {k: np.stack([o[k] for o in outs]) for k in outs[0]}
-    if how == "batch_rng":
-        return mask_batch(rows, rows != PAD, vocab, rng=np.random.default_rng(1234), **kwargs)
-    return mask_batch(rows, rows != PAD, vocab, row_keys=example_keys(1234, 0, np.arange(len(rows))), **kwargs)
+def _mask_rows(rows, vocab, vocab_path, how, count_specials=True, **recipe):
+    """The rows masked by one of the two paths that run (see HOWS)."""
+    if how == "static":  # the call pretraining_instances makes when create_pretraining_data writes masks
+        return mask_batch(rows, rows != PAD, vocab, rng=np.random.default_rng(1234), count_specials=count_specials,
+                          **recipe)
+    # dynamic: the input pipeline's own masker, given rows as read from files written unmasked
+    config = input_pipeline.resolve_data_config(dict(
+        input_files="unread", dynamic_masking=True, vocab_file=str(vocab_path),
+        mask_count_includes_specials=count_specials, **recipe))
+    remask = input_pipeline.make_dynamic_masker(config, seed=1234)
+    n, p = len(rows), config.max_predictions_per_seq
+    unmasked = {"input_ids": rows, "input_mask": (rows != PAD).astype(np.int32),
+                "masked_lm_positions": np.zeros((n, p), np.int32), "masked_lm_ids": np.zeros((n, p), np.int32),
+                "masked_lm_weights": np.zeros((n, p), np.float32)}
+    return remask(unmasked, np.zeros(n, np.uint64), np.arange(n, dtype=np.uint64))
 
 
 def _statistics(rows, out):
@@ -92,7 +94,7 @@ def _statistics(rows, out):
     }
 
 
-HOWS = ["sequence", "batch_rng", "batch_keys"]
+HOWS = ["static", "dynamic"]  # a numpy Generator (create_pretraining_data) or per-example keys (the loader)
 
 
 @pytest.mark.parametrize("how", HOWS)
@@ -101,8 +103,8 @@ HOWS = ["sequence", "batch_rng", "batch_keys"]
     (0.30, 40, False),   # MosaicBERT: 30% of the non-special tokens
     (0.15, 20, False),
 ])
-def test_masking_rate_and_80_10_10_on_corpus(corpus_rows, vocab, how, rate, max_predictions, count_specials):
-    out = _mask_rows(corpus_rows, vocab, how, masked_lm_prob=rate, max_predictions_per_seq=max_predictions,
+def test_masking_rate_and_80_10_10_on_corpus(corpus_rows, vocab, vocab_path, how, rate, max_predictions, count_specials):
+    out = _mask_rows(corpus_rows, vocab, vocab_path, how, masked_lm_prob=rate, max_predictions_per_seq=max_predictions,
                      count_specials=count_specials)
     stats = _statistics(corpus_rows, out)
     print(f"{how} p={rate} count_specials={count_specials}: rate {stats['rate']:.4f} "
@@ -127,8 +129,8 @@ def test_masking_rate_and_80_10_10_on_corpus(corpus_rows, vocab, how, rate, max_
 
 
 @pytest.mark.parametrize("how", HOWS)
-def test_prediction_count_is_googles(corpus_rows, vocab, how):
-    out = _mask_rows(corpus_rows, vocab, how)
+def test_prediction_count_is_googles(corpus_rows, vocab, vocab_path, how):
+    out = _mask_rows(corpus_rows, vocab, vocab_path, how)
     real = (corpus_rows != PAD).sum(axis=1)
     expected = np.minimum(num_to_predict(real, 0.15, 20), ((corpus_rows != PAD) & ~vocab.is_special[corpus_rows]).sum(1))
     np.testing.assert_array_equal(out["masked_lm_weights"].sum(axis=1), expected)
@@ -136,18 +138,18 @@ def test_prediction_count_is_googles(corpus_rows, vocab, how):
     assert num_to_predict(128, 0.15, 20) == 19 and num_to_predict(128, 0.3, 20) == 20
     assert num_to_predict(3, 0.15, 20) == 1 and num_to_predict(30, 0.15, 20) == 4  # 4.5 -> 4
     # Google's count at 30% overshoots the non-special rate (38 of 125 in a full row).
-    out = _mask_rows(corpus_rows, vocab, how, masked_lm_prob=0.3, max_predictions_per_seq=40)
+    out = _mask_rows(corpus_rows, vocab, vocab_path, how, masked_lm_prob=0.3, max_predictions_per_seq=40)
     np.testing.assert_array_equal(out["masked_lm_weights"].sum(axis=1), np.minimum(
         num_to_predict(real, 0.3, 40), ((corpus_rows != PAD) & ~vocab.is_special[corpus_rows]).sum(1)))
     # count_specials=False counts only the candidates.
-    out = _mask_rows(corpus_rows, vocab, how, count_specials=False)
+    out = _mask_rows(corpus_rows, vocab, vocab_path, how, count_specials=False)
     candidates = ((corpus_rows != PAD) & ~vocab.is_special[corpus_rows]).sum(1)
     np.testing.assert_array_equal(out["masked_lm_weights"].sum(axis=1), num_to_predict(candidates, 0.15, 20))
 
 
 @pytest.mark.parametrize("how", HOWS)
-def test_whole_word_masking_takes_whole_words_with_one_decision(corpus_rows, vocab, how):
-    out = _mask_rows(corpus_rows, vocab, how, whole_word_masking=True)
+def test_whole_word_masking_takes_whole_words_with_one_decision(corpus_rows, vocab, vocab_path, how):
+    out = _mask_rows(corpus_rows, vocab, vocab_path, how, whole_word_masking=True)
     stats = _statistics(corpus_rows, out)
     # Skipping words that do not fit costs a little, but the rate stays close.
     assert abs(stats["rate"] - 0.15) < 0.005, stats["rate"]
@@ -173,18 +175,13 @@ def test_whole_word_masking_takes_whole_words_with_one_decision(corpus_rows, voc
 def test_whole_word_masking_with_explicit_word_ids(vocab):
     rows = np.array([[CLS, 2000, 2001, 2002, 2003, 2004, 2005, SEP, PAD]] * 200, dtype=np.int32)
     word_ids = np.array([-1, 0, 0, 0, 1, 1, 2, -1, -1])
-    for r in range(0, 200, 10):
-        out = mask_sequence(rows[r], vocab, np.random.default_rng(r), whole_word_masking=True,
-                            masked_lm_prob=0.5, word_ids=word_ids)
-        chosen = set(out["masked_lm_positions"][out["masked_lm_weights"] > 0].tolist())
-        for word in ({1, 2, 3}, {4, 5}, {6}):
-            assert word <= chosen or not (word & chosen)
-    out = mask_batch(rows, None, vocab, row_keys=example_keys(0, 0, np.arange(200)), whole_word_masking=True,
-                     masked_lm_prob=0.5, word_ids=np.broadcast_to(word_ids, rows.shape))
-    for r in range(200):
-        chosen = set(out["masked_lm_positions"][r][out["masked_lm_weights"][r] > 0].tolist())
-        for word in ({1, 2, 3}, {4, 5}, {6}):
-            assert word <= chosen or not (word & chosen)
+    for randomness in ({"rng": np.random.default_rng(0)}, {"row_keys": example_keys(0, 0, np.arange(200))}):
+        out = mask_batch(rows, None, vocab, whole_word_masking=True, masked_lm_prob=0.5,
+                         word_ids=np.broadcast_to(word_ids, rows.shape), **randomness)
+        for r in range(200):
+            chosen = set(out["masked_lm_positions"][r][out["masked_lm_weights"][r] > 0].tolist())
+            for word in ({1, 2, 3}, {4, 5}, {6}):
+                assert word <= chosen or not (word & chosen)
 
 
 def test_keyed_masking_is_a_function_of_the_example_not_the_batch(corpus_rows, vocab):
@@ -229,10 +226,10 @@ def test_vocab_errors_and_sentencepiece_continuations(tmp_path):
 
 
 def test_bad_arguments_are_named(vocab):
-    row = np.array([CLS, 2000, SEP])
+    row = np.array([[CLS, 2000, SEP]])
     with pytest.raises(ValueError, match="masked_lm_prob"):
-        mask_sequence(row, vocab, np.random.default_rng(0), masked_lm_prob=0.0)
+        mask_batch(row, None, vocab, rng=np.random.default_rng(0), masked_lm_prob=0.0)
     with pytest.raises(ValueError, match="outside"):
-        mask_sequence(np.array([CLS, 40000, SEP]), vocab, np.random.default_rng(0))
+        mask_batch(np.array([[CLS, 40000, SEP]]), None, vocab, rng=np.random.default_rng(0))
     with pytest.raises(ValueError, match="exactly one"):
-        mask_batch(row[None], None, vocab)
+        mask_batch(row, None, vocab)

@@ -15,8 +15,9 @@ import pytest
 
 from data_pipelines import pretraining_instances as pi
 from data_pipelines.text_input import read_google_documents
+from data_pipelines.record_files import read_pretraining_arrays
 from data_pipelines.tfrecord_io import (PRETRAINING_FEATURES, TFRecordWriter, decode_example, encode_examples,
-                                        iter_tfrecord, read_pretraining_arrays)
+                                        iter_tfrecord)
 from data_pipelines.tokenization import load_tokenizer
 
 UNCASED = "vocab/bert-base-uncased-vocab.txt"
