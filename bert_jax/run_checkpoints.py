@@ -5,17 +5,24 @@ A checkpoint at step N holds
             saved sharded and restored onto the shardings the caller asks for;
   iterator  the input pipeline's `get_state()` of every process (JSON), so the batches after a
             restore are exactly those an uninterrupted run would have seen;
-  meta      step and a few facts about the run (JSON, written by process 0).
+  meta      step and a few facts about the run (JSON, written by process 0);
+  checksums a crc32c of every array of `state` (bert_jax.checkpoints.checksums), unless
+            `verify` is off.
 orbax writes into a temporary directory and renames it when complete, so `latest_step()` never
-returns a half-written checkpoint: a run killed mid-save resumes from the previous one.
+returns a half-written checkpoint: a run killed mid-save resumes from the previous one. Bytes
+changed at rest (a flipped bit, a truncated or missing file) are what the checksums and the
+fall-back are for: `restore_newest` skips a damaged step with a warning that names it and why,
+resumes from the newest intact one, and moves the damaged ones to damaged_checkpoints/.
 
-Config fields (`config.checkpoint`): every_steps, keep (last K), keep_best, async_save.
+Config fields (`config.checkpoint`): every_steps, keep (last K), keep_best, async_save, verify.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 from typing import Any, Mapping
 
 import jax
@@ -23,7 +30,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from bert_jax.checkpoints import checksums as checksums_lib
+from bert_jax.checkpoints.validation import CheckpointError
+
+log = logging.getLogger("bert_jax.run_checkpoints")
+
 CHECKPOINT_DIR = "checkpoints"
+DAMAGED_DIR = "damaged_checkpoints"  # steps that failed to restore, moved out of orbax's sight
+CHECKSUMS_ITEM = "checksums"
 
 
 def gather_process_states(local_state: Mapping[str, Any]) -> list[dict]:
@@ -87,6 +101,7 @@ class RunCheckpointer:
         if keep < 1:
             raise ValueError(f"config.checkpoint.keep: expected >= 1, found {keep}")
         self.main_metric, self.higher_is_better = main_metric, higher_is_better
+        self.verify = bool(cfg.get("verify", True))
         policies = [ocp.checkpoint_managers.LatestN(n=keep)]
         if cfg["keep_best"] and main_metric:
             # BestN sorts ascending and keeps the last n: reverse for lower-is-better metrics.
@@ -116,11 +131,14 @@ class RunCheckpointer:
         """Starts an (async) save; the state's arrays are copied off the devices before it returns,
         so the caller may donate them to the next step."""
         iterator_states = gather_process_states(iterator_state)
-        args = ocp.args.Composite(
+        items = dict(
             state=ocp.args.StandardSave(state),
             iterator=ocp.args.JsonSave({"process_states": iterator_states}),
             meta=ocp.args.JsonSave(dict(meta)),
         )
+        if self.verify:  # summed now, before the caller donates the state's buffers to the next step
+            items[CHECKSUMS_ITEM] = ocp.args.JsonSave(checksums_lib.tree_checksums(state))
+        args = ocp.args.Composite(**items)
         metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
         return self.manager.save(step, args=args, metrics=metrics, force=force)
 
@@ -128,17 +146,68 @@ class RunCheckpointer:
                 ) -> tuple[Any, dict | None, dict]:
         """(state on the shardings of `abstract_state`, this process's iterator state, meta).
 
-        The state's arrays are resharded onto any mesh. The iterator state follows
-        `process_iterator_state`: None means "start the data order afresh"."""
+        The state's arrays are resharded onto any mesh, then checked against the checksums
+        saved with them (ChecksumMismatch). The iterator state follows `process_iterator_state`:
+        None means "start the data order afresh"."""
+        where = str(self.directory / str(step))
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state),
             iterator=ocp.args.JsonRestore(),
             meta=ocp.args.JsonRestore(),
         ))
+        if self.verify:
+            _verify(self.directory, step, restored["state"], where)
         iterator_state = process_iterator_state(
             restored["iterator"]["process_states"], jax.process_index(), jax.process_count(),
-            restart_data_order, where=str(self.directory / str(step)))
+            restart_data_order, where=where)
         return restored["state"], iterator_state, restored["meta"]
+
+    def restore_newest(self, abstract_state: Any, restart_data_order: bool = False
+                       ) -> tuple[int, Any, dict | None, dict] | None:
+        """(step, state, iterator state, meta) of the newest step that restores and verifies;
+        None if there is no checkpoint.
+
+        A newer step that fails (checksum, missing or truncated file, unreadable metadata) is
+        skipped with a warning naming it and why; once an older one has restored, the failed
+        ones are moved to <workdir>/damaged_checkpoints/ (so the run can save those steps
+        again). If every step fails, nothing is moved (the cause may be the config, not the
+        files) and CheckpointError lists each step's reason."""
+        failures: list[tuple[int, str]] = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                state, iterator_state, meta = self.restore(step, abstract_state, restart_data_order)
+            except _RESTORE_ERRORS as e:
+                if isinstance(e, ValueError) and "input states of" in str(e):
+                    raise  # the process count, not the files: a user decision (restart_data_order)
+                reason = _one_line(e)
+                failures.append((step, reason))
+                log.warning("checkpoint %s is damaged or incomplete, skipped: %s", self.directory / str(step), reason)
+                continue
+            if failures:
+                self._move_damaged([s for s, _ in failures])
+                log.warning("resuming from step %d, the newest intact checkpoint (skipped: %s)", step,
+                            ", ".join(str(s) for s, _ in failures))
+            return step, state, iterator_state, meta
+        if failures:
+            raise CheckpointError(
+                f"{self.directory}: no checkpoint restores: "
+                + "; ".join(f"step {s}: {r}" for s, r in failures)
+                + ". If the config changed since they were saved, restore it; to start afresh, move "
+                  f"{self.directory} away; --config.checkpoint.verify=False skips only the checksums.")
+        return None
+
+    def _move_damaged(self, steps: list[int]) -> None:
+        if jax.process_index() == 0:
+            target = self.directory.parent / DAMAGED_DIR
+            target.mkdir(parents=True, exist_ok=True)
+            for step in steps:
+                destination = target / f"{step}-{int(time.time())}"
+                (self.directory / str(step)).rename(destination)
+                log.warning("moved the damaged checkpoint %s to %s", self.directory / str(step), destination)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("bert_jax.run_checkpoints.move_damaged")
+        self.manager.reload()
 
     def wait_until_finished(self) -> None:
         self.manager.wait_until_finished()
@@ -159,22 +228,82 @@ def latest_step(workdir: str | os.PathLike) -> int | None:
         manager.close()
 
 
-def restore_params(directory: str | os.PathLike, step: int | None = None) -> tuple[Any, int]:
-    """Only the params of a run checkpoint (host numpy arrays), for `init_from=<workdir>`.
+def restore_params(directory: str | os.PathLike, step: int | None = None, verify: bool = True
+                   ) -> tuple[Any, int]:
+    """Only the params of a run checkpoint (host numpy arrays), for `init_from=<workdir>` and convert.
 
-    `directory` is a run's workdir or its `checkpoints/` folder; `step` defaults to the newest.
-    """
+    `directory` is a run's workdir or its `checkpoints/` folder; `step` defaults to the newest
+    that restores and verifies (a damaged newer one is skipped with a warning; nothing is moved:
+    this reads another run's workdir). The params are checked against the saved checksums."""
     directory = absolute(directory)
     if (directory / CHECKPOINT_DIR).is_dir():
         directory = directory / CHECKPOINT_DIR
     manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"{directory}: no complete checkpoint to take params from")
+    try:
+        steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
+        if not steps:
+            raise FileNotFoundError(f"{directory}: no complete checkpoint to take params from")
+        failures = []
+        for candidate in steps:
+            try:
+                params = _restore_params_at(manager, directory, candidate, verify)
+            except _RESTORE_ERRORS as e:
+                failures.append(f"step {candidate}: {_one_line(e)}")
+                log.warning("checkpoint %s is damaged or incomplete, skipped: %s", directory / str(candidate),
+                            _one_line(e))
+                continue
+            if failures:
+                log.warning("%s: took the params of step %d, the newest intact checkpoint", directory, candidate)
+            return params, candidate
+        raise CheckpointError(f"{directory}: no checkpoint restores: " + "; ".join(failures))
+    finally:
+        manager.close()
+
+
+def _restore_params_at(manager, directory: epath.Path, step: int, verify: bool) -> Any:
     # Restore the state item as host numpy arrays without needing its exact structure.
-    metadata = manager.item_metadata(step)["state"]
+    metadata = manager.item_metadata(step)["state"]  # None for a read-only manager: orbax reads it itself
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
     state = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeRestore(item=None, restore_args=restore_args)))["state"]
-    manager.close()
-    return jax.tree.map(np.asarray, state["params"]), step
+    params = jax.tree.map(np.asarray, state["params"])
+    if verify:
+        _verify(directory, step, params, str(directory / str(step)), prefix="params/")
+    return params
+
+
+# What a damaged or incomplete step raises inside orbax / TensorStore (deleted, truncated or garbage
+# files, a missing _METADATA, unreadable JSON) has no common class: TensorStore's read errors reach
+# us as a bare Exception. Any error skips the step; nothing is moved unless an older step restores,
+# so an error that every step shares (a changed config) is reported, not taken for damage.
+_RESTORE_ERRORS = (Exception,)
+
+
+def _one_line(error: Exception) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:300]}" + ("..." if len(text) > 300 else "")
+
+
+def _verify(directory: epath.Path, step: int, tree: Any, where: str, prefix: str = "") -> None:
+    path = directory / str(step) / CHECKSUMS_ITEM
+    if not path.exists():
+        log.warning("%s: saved without checksums (before they existed, or with checkpoint.verify=False): "
+                    "not verified", where)
+        return
+    recorded = _read_checksums(path)
+    start = time.perf_counter()
+    checked = checksums_lib.verify_tree(tree, recorded, where, prefix=prefix)
+    log.info("%s: %d arrays match their checksums (%.2f s)", where, checked, time.perf_counter() - start)
+
+
+def _read_checksums(path: epath.Path) -> dict:
+    # JsonSave writes the item as <item>/metadata.
+    files = [p for p in path.iterdir() if p.is_file()] if path.is_dir() else [path]
+    for file in files:
+        try:
+            data = json.loads(file.read_text())
+        except ValueError as e:
+            raise CheckpointError(f"{file}: unreadable checksums ({e})") from None
+        if isinstance(data, dict):
+            return data
+    raise CheckpointError(f"{path}: no checksums file")
