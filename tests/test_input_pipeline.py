@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from data_pipelines import input_pipeline
+from data_pipelines import input_pipeline, tfrecord_io
 from data_pipelines.input_pipeline import SyntheticBatchIterator, make_pretraining_iterator
 from data_pipelines.masking import MaskingVocab, mask_batch
 from data_pipelines.packing import unpack_row
@@ -218,7 +218,7 @@ def test_array_record_and_tfrecord_give_the_same_batches_and_array_record_needs_
     def no_scan(path):
         raise AssertionError(f"ArrayRecord input must not be scanned record by record ({path})")
 
-    monkeypatch.setattr(input_pipeline.tfrecord_io, "record_offsets", no_scan)
+    monkeypatch.setattr(tfrecord_io, "record_offsets", no_scan)
     _assert_same(_take(make_pretraining_iterator(_config(array_record_data), 6, seed=7), 20), tfrecord)
     mixed = data["files"] + "," + array_record_data["files"]
     with pytest.raises(ValueError, match="mixes array_record and tfrecord files"):
@@ -567,6 +567,36 @@ def test_unmasked_files_need_dynamic_masking(corpus_files):
     with pytest.raises(ValueError, match=r"part-00000-of-00001.array_record: .*no masked positions.*"
                                          r"dynamic_masking=True"):
         make_pretraining_iterator(config, 8, seed=0)
+
+
+def test_a_damaged_shard_is_named_by_every_reader(corpus_files, tmp_path):
+    """A real shard of create_pretraining_data, cut short or with bytes flipped. array_record's own
+    errors ("Corrupted Riegeli/records file: chunk data hash mismatch") name no file; ours must,
+    and a cut shard (array_record opens it as 0 records) must not read as an empty one."""
+    import glob
+    import re
+
+    from data_pipelines.record_files import ShardReadError, read_pretraining_arrays
+
+    shard = sorted(glob.glob(corpus_files["static"]))[0]
+    intact = open(shard, "rb").read()
+    flipped = bytearray(intact)
+    middle = len(flipped) // 2
+    flipped[middle:middle + 64] = bytes(b ^ 0xFF for b in flipped[middle:middle + 64])
+    n = len(read_pretraining_arrays(shard)["input_ids"])
+    for damage, content, where in (("cut", intact[:middle], ""), ("flipped", bytes(flipped), r": record \d+")):
+        damaged = tmp_path / damage / "part-00000-of-00001.array_record"
+        damaged.parent.mkdir()
+        damaged.write_bytes(content)
+        named = re.escape(str(damaged)) + where + ": cannot read this array_record shard"
+        with pytest.raises(ShardReadError, match=named):
+            read_pretraining_arrays(str(damaged))
+        config = _config({"files": str(damaged), "vocab": corpus_files["vocab"]}, max_seq_length=128,
+                         max_predictions_per_seq=40, shuffle=False)
+        with pytest.raises(ShardReadError, match=named):  # at start (cut) or at the batch that reaches it
+            it = make_pretraining_iterator(config, 50, seed=0)
+            for _ in range(n // 50):
+                next(it)
 
 
 def test_order_and_dynamic_masks_are_pinned(data):
