@@ -204,6 +204,9 @@ def read_spill(path: str) -> list[pi.TokenizedDocument]:
                 documents += pickle.load(f)
             except EOFError:
                 return documents
+            except Exception as error:  # a cut spill file: pickle's error names no file
+                raise ValueError(f"{path}: spill file unreadable after {len(documents)} documents "
+                                 f"({type(error).__name__}: {error})") from error
 
 
 def write_shard(plan: ShardPlan, partition: int, dupe_pass: int, num_partitions: int,
@@ -234,8 +237,11 @@ def _counts_of_file(path: str) -> dict:
     from data_pipelines.tfrecord_io import decode_example
 
     instances = tokens = masked = 0
-    for record in record_files.iter_records(path):
-        example = decode_example(record)
+    for number, record in enumerate(record_files.iter_records(path)):
+        try:
+            example = decode_example(record)
+        except Exception as error:  # protobuf's DecodeError names no file
+            raise record_files.shard_error(path, error, record=number) from error
         instances += 1
         tokens += int(example["input_mask"].sum())
         masked += int((example["masked_lm_weights"] > 0).sum())
