@@ -175,3 +175,29 @@ def test_regression_tsv_trains_through_the_trainer(tiny_checkpoint, tmp_path):
     assert set(results["final_metrics"]) == {"pearson", "spearman", "mse"}
     assert np.isfinite(results["final_metrics"]["mse"])
     assert json.loads((tmp_path / "run" / "results.json").read_text())["config"]["task"]["task_type"] == "regression"
+
+
+def _tsv(path, rows):
+    path.write_text("sentence\tlabel\n" + "".join(f"{a}\t{b}\n" for a, b in rows), encoding="utf-8")
+    return str(path)
+
+
+def test_dev_label_unseen_in_training_refused_before_step_1(tmp_path):
+    """Found at build time, naming file and line, not after training at the final evaluation."""
+    train = _tsv(tmp_path / "train.tsv", [("good", "pos"), ("bad", "neg")])
+    dev = _tsv(tmp_path / "dev.tsv", [("fine", "pos"), ("meh", "neutral")])
+    with pytest.raises(ValueError, match=r"dev.tsv:3: label 'neutral' is not one of the labels \['neg', 'pos'\]"):
+        tsv.make_tsv_task(tokenizer=None, train_file=train, eval_file=dev, max_seq_length=16)
+    regression_train = _tsv(tmp_path / "rtrain.tsv", [("a", "0.5"), ("b", "3.8")])
+    with pytest.raises(ValueError, match=r"dev.tsv:2: label 'pos' is not a number"):
+        tsv.make_tsv_task(tokenizer=None, train_file=regression_train, eval_file=dev, max_seq_length=16)
+
+
+def test_control_character_in_label_and_binary_file_named(tmp_path):
+    path = _tsv(tmp_path / "train.tsv", [("good", "pos"), ("bad", "n\x00eg")])
+    with pytest.raises(ValueError, match=r"train.tsv:3: column 'label': label 'n\\x00eg' holds the control character U\+0000"):
+        tsv.read_examples(path)
+    binary = tmp_path / "binary.tsv"
+    binary.write_bytes(b"sentence\tlabel\nok\t1\n\xff\xfe\x00garbage\t\x80\n")
+    with pytest.raises(ValueError, match=r"binary.tsv:\d+: not UTF-8 text"):
+        tsv.read_examples(binary)

@@ -17,6 +17,7 @@ import csv
 import logging
 import pathlib
 import sys
+import unicodedata
 from typing import Sequence
 
 from bert_jax.tasks import classification
@@ -39,7 +40,7 @@ def read_rows(path: str | pathlib.Path, column_names: Sequence[str] | None = Non
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         names = list(column_names) if column_names else None
-        for line_number, fields in enumerate(reader, start=1):
+        for line_number, fields in enumerate(_decoded(reader, path), start=1):
             if not fields or (len(fields) == 1 and not fields[0].strip()):
                 continue  # blank line
             if names is None:
@@ -53,6 +54,26 @@ def read_rows(path: str | pathlib.Path, column_names: Sequence[str] | None = Non
     if names is None:
         raise ValueError(f"{path} is empty")
     return rows
+
+
+def _decoded(reader, path):
+    """The reader's rows, a decoding error named by file and line (a binary file is not a TSV)."""
+    line = 0
+    try:
+        for fields in reader:
+            line = reader.line_num
+            yield fields
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}:{line + 1}: not UTF-8 text ({e.reason} at byte {e.start} of the chunk read); "
+                         f"a TSV file must be UTF-8") from None
+
+
+def check_label_text(label: str, where: str) -> None:
+    """A NUL or other control character in a label would silently become a class of its own."""
+    bad = next((c for c in label if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn")), None)
+    if bad is not None:
+        raise ValueError(f"{where}: label {label!r} holds the control character U+{ord(bad):04X}; "
+                         f"a label must be printable text")
 
 
 def _pick_column(path, available, configured: str, defaults: Sequence[str], what: str, required=True):
@@ -91,6 +112,8 @@ def read_examples(
         label = row[label_column].strip() if labelled else None
         if labelled and not label:
             raise ValueError(f"{path}:{line_number}: empty {label_column!r} field")
+        if labelled:
+            check_label_text(label, f"{path}:{line_number}: column {label_column!r}")
         examples.append(
             classification.TextExample(
                 guid=f"{pathlib.Path(path).name}:{line_number}",
@@ -139,6 +162,20 @@ def infer_labels(labels: Sequence[str], task_type: str = "auto") -> list[str] | 
     return distinct
 
 
+def check_eval_labels(examples, label_names: Sequence[str] | None, eval_file, train_file) -> None:
+    """Every held-out label is one the model can output, checked before step 1 (else the run
+    trains and then fails at its final evaluation)."""
+    for e in examples:
+        if e.label is None:
+            continue
+        line = e.guid.rsplit(":", 1)[-1]
+        if label_names is None and not _is_float(e.label):
+            raise ValueError(f"{eval_file}:{line}: label {e.label!r} is not a number (the task is regression)")
+        if label_names is not None and e.label not in label_names:
+            raise ValueError(f"{eval_file}:{line}: label {e.label!r} is not one of the labels {list(label_names)} "
+                             f"(from {train_file} or config.task.labels)")
+
+
 def make_tsv_task(
     *,
     tokenizer,
@@ -162,6 +199,7 @@ def make_tsv_task(
     evaluation = read_examples(eval_file, **read)
     if label_names is None or task_type == "regression":
         label_names = infer_labels([e.label for e in train], task_type)
+    check_eval_labels(evaluation, label_names, eval_file, train_file)
     if label_names is None:
         metric_fn, main_metric = classification.correlation_metrics, "pearson"
     elif len(label_names) == 2:
