@@ -1,5 +1,7 @@
 """NER: CoNLL reading, first-sub-token alignment, long-sentence splitting, TFDS conll2003."""
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -180,3 +182,21 @@ def test_imperfect_predictions_on_split_tweets_are_scored_as_seqeval_scores_them
     assert [[g for _, g, _ in s] for s in sentences] == gold_tags
     from_file = [[p for _, _, p in s] for s in sentences]
     assert seqeval.metrics.f1_score(gold_tags, from_file) == pytest.approx(reported["f1"])
+
+
+def test_control_character_in_tag_and_binary_file_named(tmp_path):
+    path = tmp_path / "x.conll"
+    path.write_text("EU\tB-ORG\nrejects\tB-PE\x00R\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"x.conll:2: tag: label 'B-PE\\x00R' holds the control character U\+0000"):
+        ner.read_conll(path)
+    path.write_bytes(b"EU\tB-ORG\n\xff\xfe\tO\n")
+    with pytest.raises(ValueError, match=r"x.conll:\d+: not UTF-8 text"):
+        ner.read_conll(path)
+
+
+def test_eval_tags_unseen_in_training_warned_when_the_task_is_built(caplog):
+    train = [ner.TaggedSentence("train:1", ("EU", "rejects"), ("B-ORG", "O"))]
+    dev = [ner.TaggedSentence("dev.conll:4", ("Paris",), ("B-LOC",))]
+    with caplog.at_level(logging.WARNING, "bert_jax.tasks.ner"):
+        ner.NerTask(tokenizer=None, train_sentences=train, eval_sentences=dev, max_seq_length=8)
+    assert "1 tags unseen in training (['B-LOC']), e.g. 'B-LOC' in sentence dev.conll:4" in caplog.text

@@ -31,6 +31,7 @@ import numpy as np
 from bert_jax import metrics as metrics_lib
 from bert_jax.tasks import features as features_lib
 from bert_jax.tasks.base import Task
+from bert_jax.tasks.tsv import check_label_text
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def read_conll(path: str | pathlib.Path) -> list[TaggedSentence]:
             tags.clear()
 
     with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
+        for line_number, line in enumerate(_decoded(f, path), start=1):
             line = line.rstrip("\n").rstrip("\r")
             if not line.strip():
                 flush()
@@ -69,6 +70,7 @@ def read_conll(path: str | pathlib.Path) -> list[TaggedSentence]:
             tag = fields[-1].strip()
             if tag != "O" and (len(tag) < 3 or tag[0] not in "BIES" or tag[1] != "-"):
                 raise ValueError(f"{path}:{line_number}: tag {tag!r} is not O or B-/I-/E-/S-<type>")
+            check_label_text(tag, f"{path}:{line_number}: tag")
             if not words:
                 first_line = line_number
             words.append(fields[0])
@@ -77,6 +79,28 @@ def read_conll(path: str | pathlib.Path) -> list[TaggedSentence]:
     if not sentences:
         raise ValueError(f"{path} holds no sentences")
     return sentences
+
+
+def _decoded(lines, path):
+    """The file's lines, a decoding error named by file and line."""
+    line_number = 0
+    try:
+        for line_number, line in enumerate(lines, start=1):
+            yield line
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}:{line_number + 1}: not UTF-8 text ({e.reason}); a CoNLL file must be UTF-8") from None
+
+
+def warn_unseen_tags(eval_sentences: Sequence[TaggedSentence], labels: Sequence[str], what: str) -> int:
+    """Held-out tags the model cannot output, reported before step 1 (they get weight 0 in the
+    eval loss, and their entities count as missed in F1)."""
+    known = set(labels)
+    unseen = [(s.guid, t) for s in eval_sentences for t in s.tags if t not in known]
+    if unseen:
+        log.warning("%s: %d tags unseen in training (%s), e.g. %r in sentence %s; the model cannot predict "
+                    "them and their entities count as missed", what, len(unseen),
+                    sorted({t for _, t in unseen})[:10], unseen[0][1], unseen[0][0])
+    return len(unseen)
 
 
 def read_tfds(split: str, data_dir: str | None = None) -> list[TaggedSentence]:
@@ -186,6 +210,7 @@ class NerTask(features_lib.ArrayFeaturesTask, Task):
         self.train_sentences = list(train_sentences)
         self.eval_sentences = list(eval_sentences)
         self.labels = label_list(self.train_sentences)
+        warn_unseen_tags(self.eval_sentences, self.labels, f"{name} eval")
         self.max_seq_length = max_seq_length
         self.name = name
         self._train_features = None
