@@ -298,7 +298,8 @@ def _verify(directory: epath.Path, step: int, tree: Any, where: str, prefix: str
 
 def _read_checksums(path: epath.Path) -> dict:
     # JsonSave writes the item as <item>/metadata.
-    files = [p for p in path.iterdir() if p.is_file()] if path.is_dir() else [path]
+    # On gs:// orbax also leaves commit_success.txt in each item (GCS has no atomic rename): not ours.
+    files = [p for p in path.iterdir() if p.is_file() and p.name != "commit_success.txt"] if path.is_dir() else [path]
     for file in files:
         try:
             data = json.loads(file.read_text())

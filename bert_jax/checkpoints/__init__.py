@@ -35,6 +35,8 @@ def detect_format(path: str | os.PathLike) -> str:
     """'bert_jax', 'hf', 'google_tf' or 'run_workdir' for a directory (or a TF checkpoint prefix).
     A Hugging Face Hub id is resolved to its snapshot directory first (`hub.resolve`)."""
     path = hub.resolve(path)
+    if "://" in os.fspath(path) and run_workdir.is_run_workdir(path):
+        return "run_workdir"  # gs://...: a run's workdir in a bucket (etils.epath and orbax read it)
     if os.path.isdir(path):
         if native.is_native_dir(path):
             return "bert_jax"
@@ -74,7 +76,7 @@ def load_config(path: str | os.PathLike) -> BertConfig:
 
 
 def load_pretrained(
-    path: str | os.PathLike, dtype: Any = np.float32, check_vocab: bool = True
+    path: str | os.PathLike, dtype: Any = np.float32, check_vocab: bool = True, allow_nonfinite: bool = False
 ) -> tuple[BertConfig, dict[str, Any]]:
     """Reads a checkpoint -> (BertConfig, params) with numpy leaves of `dtype`.
 
@@ -85,7 +87,7 @@ def load_pretrained(
     the directory has a vocab.txt, its size must equal config.vocab_size (check_vocab=False
     skips that). dtype=None keeps a bert_jax checkpoint's stored dtype. A Hugging Face Hub id
     (`google-bert/bert-base-uncased`) is read from the huggingface_hub cache, or downloaded when
-    there is a network (`hub.resolve`).
+    there is a network (`hub.resolve`). NaN or Inf weights are refused unless `allow_nonfinite`.
     """
     path = hub.resolve(path)
     fmt = detect_format(path)
@@ -94,6 +96,8 @@ def load_pretrained(
     else:
         loader = {"hf": hf.load, "google_tf": google_tf.load, "run_workdir": run_workdir.load}[fmt]
         config, flat = loader(path, np.float32 if dtype is None else dtype, check_vocab)
+    if not allow_nonfinite:
+        validation.check_finite(flat, os.fspath(path))
     return config, unflatten(flat)
 
 
