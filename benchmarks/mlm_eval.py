@@ -4,7 +4,9 @@
 
 The instances are Google-format ArrayRecord or TFRecord files (`python -m data_pipelines.create_pretraining_data`).
 Run it on held-out text, or on the training text with a new masking seed, to see how much of a
-falling training loss is memorisation. The figures are the trainer's own evaluation: its
+falling training loss is memorisation. Every row also has the collapse statistics
+(`hidden_cosine`, `hidden_effective_rank`: bert_jax.representation); a checkpoint without
+pretraining heads (an encoder alone) gets only those. The figures are the trainer's own evaluation: its
 prediction loop (`bert_jax.predict.Predictor`, token ids checked per batch) running
 `bert_jax.tasks.pretraining.PretrainingTask`'s predict and evaluate over the first `--limit`
 instances; one JSON line per checkpoint.
@@ -55,7 +57,8 @@ def evaluate(bert_config, params, instances: dict[str, np.ndarray], batch_size: 
     batch)."""
     if "cls" not in params:
         raise ValueError(f"checkpoint {checkpoint} has no pretraining heads (params 'cls/...'): "
-                         "it is an encoder alone, so it has no MLM or NSP predictions to evaluate")
+                         "it is an encoder alone, so it has no MLM or NSP predictions to evaluate "
+                         "(encoder_statistics gives its representation statistics)")
     task = PretrainingTask(ml_collections.ConfigDict({
         "data": {"next_sentence_prediction": True, "unmasked": False},
         "task": {"objective": "masked_lm", "synthetic_data": False},  # the instances' own masks
@@ -68,6 +71,28 @@ def evaluate(bert_config, params, instances: dict[str, np.ndarray], batch_size: 
     return task.evaluate(predictions, batches)
 
 
+def encoder_statistics(bert_config, params, instances: dict[str, np.ndarray], batch_size: int = 256) -> dict[str, float]:
+    """hidden_cosine and hidden_effective_rank (bert_jax.representation) of any encoder, with or
+    without pretraining heads, over the real tokens of `instances`: the collapse statistics of a
+    checkpoint that has no MLM head to evaluate (a sentence encoder such as all-MiniLM-L6-v2)."""
+    from bert_jax import representation
+    from bert_jax.modeling.models import BertModel
+    from bert_jax.tasks.pretraining import model_inputs
+
+    model = BertModel(bert_config)
+    encoder_params = params["bert"] if "bert" in params else params
+
+    @jax.jit
+    def rows(batch):
+        out = model.apply({"params": encoder_params}, **model_inputs(batch), deterministic=True)
+        return representation.hidden_state_rows(out["sequence_output"], batch["input_mask"])
+
+    batches = instance_batches(instances, batch_size)
+    outputs = [jax.tree.map(np.asarray, rows({k: v for k, v in b.items() if k != "example_weight"}))
+               for b in batches]
+    return representation.statistics(outputs, np.concatenate([b["example_weight"] for b in batches]))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="+", help="anything bert_jax.load_pretrained reads")
@@ -78,8 +103,11 @@ def main(argv=None) -> int:
     instances = read_pretraining_arrays(args.instances, limit=args.limit)
     for checkpoint in args.checkpoints:
         bert_config, params = load_pretrained(checkpoint, check_vocab=False)
-        result = evaluate(bert_config, params, instances, args.batch_size, checkpoint=checkpoint,
-                          instances_name=args.instances)
+        if "cls" in params:
+            result = evaluate(bert_config, params, instances, args.batch_size, checkpoint=checkpoint,
+                              instances_name=args.instances)
+        else:  # an encoder alone: only its representation statistics
+            result = encoder_statistics(bert_config, params, instances, args.batch_size)
         row = {"checkpoint": checkpoint, "instances": args.instances, "examples": len(instances["input_ids"])}
         print(json.dumps({**row, **{k: round(v, 4) for k, v in result.items()}}), flush=True)
     return 0

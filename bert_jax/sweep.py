@@ -73,6 +73,8 @@ import sys
 import threading
 from typing import Any
 
+from bert_jax import representation
+
 RESULTS_FILE = "results.json"
 METRICS_FILE = "metrics.jsonl"
 PRETRAIN = "pretrain"
@@ -383,13 +385,29 @@ def _mean_std(values: list[float]) -> tuple[float, float | None]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
+ENCODER_COLUMN = "pretrained encoder"
+
+
+def encoder_health(rows: list[dict[str, float]]) -> str:
+    """The ENCODER_COLUMN cell of a variant: "COLLAPSED" when any seed's held-out hidden-state
+    cosine (a pretraining stage's `hidden_cosine`) is above bert_jax.representation's threshold,
+    so a reader never takes a collapsed encoder's row for a budget effect; "" without the statistic."""
+    cosines = [v for row in rows for k, v in row.items() if k.endswith("/hidden_cosine") and not math.isnan(v)]
+    if not cosines:
+        return ""
+    worst = max(cosines)
+    if worst > representation.COLLAPSE_COSINE:
+        return f"COLLAPSED (cosine {worst:.3f} > {representation.COLLAPSE_COSINE})"
+    return f"ok (cosine <= {worst:.3f})"
+
+
 def summarise(runs: list[Run]) -> tuple[list[str], list[dict[str, str]]]:
-    """One row per variant: mean ± std over seeds of every final metric."""
+    """One row per variant: mean ± std over seeds of every final metric, and ENCODER_COLUMN."""
     by_variant = _metrics_by_variant(runs)
     columns = sorted({k for rows in by_variant.values() for row in rows for k in row})
     table = []
     for variant, rows in by_variant.items():
-        row = {"variant": variant, "seeds": str(len(rows))}
+        row = {"variant": variant, "seeds": str(len(rows)), ENCODER_COLUMN: encoder_health(rows)}
         for col in columns:
             values = [r[col] for r in rows if col in r]
             if not values:
@@ -398,21 +416,21 @@ def summarise(runs: list[Run]) -> tuple[list[str], list[dict[str, str]]]:
             mean, std = _mean_std(values)
             row[col] = f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
         table.append(row)
-    return ["variant", "seeds", *columns], table
+    return ["variant", "seeds", ENCODER_COLUMN, *columns], table
 
 
 def paper_table(runs: list[Run], paper: dict[str, Any]) -> tuple[list[str], list[dict[str, str]]]:
     """The paper's table with ours beside it: per paper column that one of ours stands in for,
     "<column> (ours)" (mean ± std over seeds, x100, or exp of a loss) then "<column> (paper)"."""
     by_variant = _metrics_by_variant(runs)
-    header = ["variant", "paper row", "seeds"]
+    header = ["variant", "paper row", "seeds", ENCODER_COLUMN]
     for column in paper["columns"]:
         header += [f"{column} (ours)", f"{column} (paper)"] if column in paper["ours"] else [f"{column} (paper)"]
     table = []
     for variant in dict.fromkeys(run.variant for run in runs):
         label, *numbers = paper["rows"].get(variant, ["", *[None] * len(paper["columns"])])
         rows = by_variant.get(variant, [])
-        row = {"variant": variant, "paper row": label, "seeds": str(len(rows))}
+        row = {"variant": variant, "paper row": label, "seeds": str(len(rows)), ENCODER_COLUMN: encoder_health(rows)}
         for column, number in zip(paper["columns"], numbers):
             row[f"{column} (paper)"] = "" if number is None else f"{number}"
             if column not in paper["ours"]:

@@ -73,7 +73,7 @@ def test_finished_stages_are_skipped_and_table_has_mean_and_std(ablation_file, t
     assert all(sweep_lib.execute(run).endswith("done") for run in runs)
 
     header, table = sweep_lib.summarise(runs)
-    assert header == ["variant", "seeds", "finetune/accuracy", "pretrain/loss"]
+    assert header == ["variant", "seeds", "pretrained encoder", "finetune/accuracy", "pretrain/loss"]
     row = {r["variant"]: r for r in table}["nsp_on"]
     mean, std = statistics.mean([0.70, 0.74]), statistics.stdev([0.70, 0.74])
     assert row["finetune/accuracy"] == f"{mean:.4f} ± {std:.4f}"
@@ -230,7 +230,7 @@ def test_paper_table_puts_the_papers_numbers_beside_ours(tmp_path):
         _fake_results(run.stages[1], {"accuracy": accuracy[(run.variant, run.seed)]}, [(1, 0.5)])
         _fake_results(run.stages[2], {"loss": 1.0 + run.seed}, [(1, 0.5)])
     header, table = sweep_lib.paper_table(runs, MULTI["paper"])
-    assert header == ["variant", "paper row", "seeds", "SST-2 (ours)", "SST-2 (paper)", "NER (ours)", "NER (paper)",
+    assert header == ["variant", "paper row", "seeds", "pretrained encoder", "SST-2 (ours)", "SST-2 (paper)", "NER (ours)", "NER (paper)",
                       "MNLI (paper)"]
     rows = {r["variant"]: r for r in table}
     assert rows["ltr"]["paper row"] == "LTR & No NSP" and rows["ltr"]["SST-2 (paper)"] == "92.1"
@@ -242,7 +242,32 @@ def test_paper_table_puts_the_papers_numbers_beside_ours(tmp_path):
     sweep_lib.write_tables(tmp_path, *sweep_lib.summarise(runs), (MULTI["paper"], header, table))
     text = (tmp_path / "results.md").read_text()
     assert text.startswith("## Table X\n\nPaper: Devlin et al. 2019, Table X\n") and "## All final metrics" in text
-    assert (tmp_path / "paper_table.csv").read_text().splitlines()[0].startswith("variant,paper row,seeds,SST-2 (ours)")
+    assert (tmp_path / "paper_table.csv").read_text().splitlines()[0].startswith(
+        "variant,paper row,seeds,pretrained encoder,SST-2 (ours)")
+
+
+def test_a_variant_whose_encoder_collapsed_is_marked_in_both_tables(tmp_path):
+    """One seed of `mlm` above the collapse threshold (the 100-step run measured 0.998) marks its
+    row; `ltr` (0.35, random init's level) is ok, and so is `ltr_bilstm`, which shares its
+    pretraining; a variant whose pretraining has no statistic is blank."""
+    runs = sweep_lib.plan_runs(MULTI, tmp_path)
+    cosine = {("mlm", 0): 0.62, ("mlm", 1): 0.998, ("ltr", 0): 0.35, ("ltr", 1): 0.31}
+    for run in runs:
+        if (run.variant, run.seed) in cosine:
+            _fake_results(run.stages[0], {"hidden_cosine": cosine[(run.variant, run.seed)]}, [(1, 0.5)])
+        _fake_results(run.stages[1], {"accuracy": 0.6}, [(1, 0.5)])
+    for header, table in (sweep_lib.summarise(runs), sweep_lib.paper_table(runs, MULTI["paper"])):
+        rows = {r["variant"]: r for r in table}
+        assert rows["mlm"]["pretrained encoder"] == "COLLAPSED (cosine 0.998 > 0.9)"
+        assert rows["ltr"]["pretrained encoder"] == "ok (cosine <= 0.350)"
+        assert rows["ltr_bilstm"]["pretrained encoder"] == "ok (cosine <= 0.350)"
+    mlm_seed_0 = next(run for run in runs if (run.variant, run.seed) == ("mlm", 0))
+    _fake_results(mlm_seed_0.stages[0], {"loss": 3.0}, [(1, 0.5)])  # no statistic there; seed 1 still marks
+    assert {r["variant"]: r for r in sweep_lib.summarise(runs)[1]}["mlm"]["pretrained encoder"].startswith("COLLAPSED")
+    for run in runs:
+        if run.variant == "ltr":
+            _fake_results(run.stages[0], {"loss": 3.0}, [(1, 0.5)])
+    assert {r["variant"]: r for r in sweep_lib.summarise(runs)[1]}["ltr"]["pretrained encoder"] == ""
 
 
 @pytest.mark.parametrize("change,message", [
