@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import logging
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+from etils import epath
 
 from bert_jax import metrics as metrics_lib
 from bert_jax.tasks import features as features_lib
@@ -267,8 +269,9 @@ class SequenceClassificationTask(Task):
             yield set_name, self.eval_sets[set_name][i], shown
 
     def write_predictions(self, predictions, batches, path) -> None:
-        with open(path, "w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-            writer.writerow(["eval_set", "guid", "prediction", "label"])
-            for set_name, example, shown in self.prediction_rows(predictions, batches):
-                writer.writerow([set_name, example.guid, shown, "" if example.label is None else example.label])
+        f = io.StringIO()  # written whole through etils.epath: `path` may be in a gs:// workdir
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+        writer.writerow(["eval_set", "guid", "prediction", "label"])
+        for set_name, example, shown in self.prediction_rows(predictions, batches):
+            writer.writerow([set_name, example.guid, shown, "" if example.label is None else example.label])
+        epath.Path(path).write_text(f.getvalue(), encoding="utf-8")

@@ -27,6 +27,7 @@ import pathlib
 from typing import Sequence
 
 import numpy as np
+from etils import epath
 
 from bert_jax import metrics as metrics_lib
 from bert_jax.tasks import features as features_lib
@@ -291,11 +292,11 @@ class NerTask(features_lib.ArrayFeaturesTask, Task):
     def write_predictions(self, predictions, batches, path) -> None:
         """CoNLL layout `word<TAB>gold<TAB>predicted`, the input conlleval reads."""
         predicted = self.predicted_tags(predictions, list(batches))
-        with open(path, "w", encoding="utf-8") as f:
-            for sentence, tags in zip(self.eval_sentences, predicted):
-                for word, gold, tag in zip(sentence.words, sentence.tags, tags):
-                    f.write(f"{word}\t{gold}\t{tag}\n")
-                f.write("\n")
+        lines = []  # written whole through etils.epath: `path` may be in a gs:// workdir
+        for sentence, tags in zip(self.eval_sentences, predicted):
+            lines += [f"{word}\t{gold}\t{tag}\n" for word, gold, tag in zip(sentence.words, sentence.tags, tags)]
+            lines.append("\n")
+        epath.Path(path).write_text("".join(lines), encoding="utf-8")
 
 
 def from_config(config) -> NerTask:

@@ -33,6 +33,7 @@ import pathlib
 from typing import Sequence
 
 import numpy as np
+from etils import epath
 
 from bert_jax import metrics as metrics_lib
 from bert_jax.tasks import features as features_lib
@@ -440,7 +441,7 @@ class SquadTask(features_lib.ArrayFeaturesTask, Task):
         it, `nbest_predictions.json`, and for v2.0 `null_odds.json` ({qid: null score - best
         span score}, the v2.0 script's --na-prob-file). A `path` ending in .json names the
         predictions file itself."""
-        path = pathlib.Path(path)
+        path = epath.Path(path)  # local or in a gs:// workdir
         if path.suffix != ".json":
             path = path.with_name("predictions.json")
         answers = self._question_predictions(predictions, list(batches))

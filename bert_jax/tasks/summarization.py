@@ -28,6 +28,7 @@ import re
 from typing import Sequence
 
 import numpy as np
+from etils import epath
 from flax import linen as nn
 
 from bert_jax.config import BertConfig
@@ -330,9 +331,9 @@ class SummarizationTask(features_lib.ArrayFeaturesTask, Task):
 
     def write_predictions(self, predictions, batches, path) -> None:
         chosen = self.summaries(predictions, list(batches))
-        with open(path, "w", encoding="utf-8") as f:
-            for doc, picks in zip(self.eval_documents, chosen):
-                f.write(json.dumps({"guid": doc.guid, "selected": picks, "summary": [doc.sentences[i] for i in picks]}) + "\n")
+        epath.Path(path).write_text("".join(  # through etils.epath: `path` may be in a gs:// workdir
+            json.dumps({"guid": doc.guid, "selected": picks, "summary": [doc.sentences[i] for i in picks]}) + "\n"
+            for doc, picks in zip(self.eval_documents, chosen)), encoding="utf-8")
 
 
 def from_config(config) -> SummarizationTask:
