@@ -45,6 +45,10 @@ def _shard_files(directory: str, index_name: str) -> list[str]:
         raise CheckpointError(f"{index_path} has no 'weight_map' object mapping keys to shard files")
     shards = sorted(set(weight_map.values()))
     for shard in shards:
+        # A shard is a file of this checkpoint: an index must not point the loader elsewhere.
+        if not isinstance(shard, str) or os.path.isabs(shard) or ".." in shard.replace("\\", "/").split("/"):
+            raise CheckpointError(f"{index_path}: weight_map names shard {shard!r}, which is not a file inside "
+                                  f"{directory}; expected a file name such as 'model-00001-of-00002.safetensors'")
         validation.require_file(directory, shard, "Hugging Face checkpoint")
     return [os.path.join(directory, s) for s in shards]
 

@@ -33,6 +33,7 @@ def _key_fn(fmt: str) -> Callable[[names.Rename], str | None]:
 def import_params(source: TensorSource, fmt: str, config, config_source: str, dtype=np.float32) -> dict[str, np.ndarray]:
     """File tensors -> flat {our '/'-path: array}, unstacked, in `dtype`."""
     key_of = _key_fn(fmt)
+    validation.check_layer_count(source.shapes.keys(), config.num_hidden_layers, source.path, config_source)
     entries = [e for e in names.expand(config.num_hidden_layers) if key_of(e) is not None]
     used = validation.plan(entries, source.shapes.keys(), key_of, source.path)
     label_key = next(key_of(e) for e in entries if e.ours == "classifier/bias")

@@ -7,6 +7,7 @@ asks for, the shape found, and the file. Import, export and the bert_jax format 
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
@@ -129,8 +130,40 @@ def check_shapes(
         raise CheckpointError(f"{where} does not fit the config ({config_source}):\n{_listing(bad)}")
 
 
+# A layer index in our names (layer_3/), Hugging Face's (layer.3.) and Google's (layer_3/).
+_LAYER_INDEX = re.compile(r"(?:^|[/.])layer[._](\d+)(?:[/.]|$)")
+
+
+def check_layer_count(keys: Iterable[str], num_layers, where: str, config_source: str = "the config") -> None:
+    """The config's layer count against the layers the file holds, before the rename table is
+    expanded per layer (num_hidden_layers=1e9 would expand a billion entries)."""
+    indices = {int(m.group(1)) for k in keys for m in [_LAYER_INDEX.search(k)] if m}
+    if not indices:
+        return  # not a layered file; plan() names what is missing
+    found = max(indices) + 1
+    if not isinstance(num_layers, int) or num_layers > found:  # fewer: plan() lists the extra layers' keys
+        raise CheckpointError(
+            f"{where}: {config_source} asks for num_hidden_layers={num_layers!r}, the weights hold "
+            f"{found} layers (layer 0..{found - 1}); set num_hidden_layers={found} or use a matching checkpoint")
+
+
+def check_finite(flat: Mapping[str, Any], where: str) -> None:
+    """NaN or Inf weights load silently and train to NaN; refuse them at load, naming each."""
+    bad = []
+    for name, value in flat.items():
+        array = np.asarray(value)
+        if array.dtype.kind == "f" or array.dtype.name == "bfloat16":
+            finite = np.isfinite(array.astype(np.float32) if array.dtype.name == "bfloat16" else array)
+            if not finite.all():
+                bad.append(f"{name}: {int(array.size - finite.sum())} of {array.size} values are NaN or Inf")
+    if bad:
+        raise CheckpointError(f"{where} holds non-finite weights (pass allow_nonfinite=True to load them anyway):\n"
+                              f"{_listing(bad)}")
+
+
 def check_params(flat: Mapping[str, Any], config, where: str = "params", config_source: str = "the config") -> None:
     """Checks a flat params dict (our layout, unstacked) against the table and the config."""
+    check_layer_count(flat.keys(), config.num_hidden_layers, where, config_source)
     entries = list(names.expand(config.num_hidden_layers))
     if not config.pre_layer_norm:
         entries = [e for e in entries if e.group != names.FINAL_LN]
