@@ -17,6 +17,10 @@ gives the counts:
   split at whitespace into pieces of at most that size (each piece a sentence);
 * empty documents (blank runs, documents of only whitespace) -> skipped;
 * empty files -> skipped; if no input holds any text at all, a ValueError names the files.
+
+Input that is not damaged text but not text at all is refused before anything is written
+(`FileSource.check_readable`): a UTF-16 or UTF-32 file (by its byte-order mark), and a file whose
+first MiB is mostly lines that fail to decode (binary data).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class InputStats:
     documents: int = 0
     sentences: int = 0
     invalid_utf8_lines: int = 0
+    invalid_utf8_files: list = dataclasses.field(default_factory=list)  # [path, lines] of each file with some
     long_lines_split: int = 0
     empty_documents_skipped: int = 0
 
@@ -62,9 +67,12 @@ class InputStats:
 
     def warn(self, source: str = "input") -> None:
         """Logs one counted warning per kind of damage found."""
-        if self.invalid_utf8_lines:
+        for path, lines in self.invalid_utf8_files:  # one warning per file: it names the bad one
+            logger.warning("%s: %d line(s) held invalid UTF-8; decoded with U+FFFD replacement", path, lines)
+        unattributed = self.invalid_utf8_lines - sum(n for _, n in self.invalid_utf8_files)
+        if unattributed > 0:  # TFDS examples: no file to name
             logger.warning("%s: %d line(s) held invalid UTF-8; decoded with U+FFFD replacement",
-                           source, self.invalid_utf8_lines)
+                           source, unattributed)
         if self.long_lines_split:
             logger.warning("%s: %d line(s) longer than the line limit were split at whitespace",
                            source, self.long_lines_split)
@@ -81,6 +89,35 @@ def _decode(raw: bytes, stats: InputStats) -> str:
     except UnicodeDecodeError:
         stats.invalid_utf8_lines += 1
         return raw.decode("utf-8", errors="replace")
+
+
+# Byte-order marks of encodings that are not UTF-8 (UTF-32 first: its LE mark starts with UTF-16's).
+_FOREIGN_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32-LE"), (b"\x00\x00\xfe\xff", "UTF-32-BE"),
+                 (b"\xff\xfe", "UTF-16-LE"), (b"\xfe\xff", "UTF-16-BE"))
+_SNIFF_BYTES = 1 << 20
+
+
+def check_text(path: str, head: bytes) -> None:
+    """Refuses a file that is not UTF-8 text, from its first bytes: a foreign byte-order mark,
+    or most lines failing to decode (a few bad lines are damage, repaired and counted)."""
+    for bom, encoding in _FOREIGN_BOMS:
+        if head.startswith(bom):
+            raise ValueError(f"input file {path} is {encoding} text (byte-order mark {bom.hex(' ').upper()}); "
+                             f"convert it to UTF-8, e.g. iconv -f {encoding} -t UTF-8")
+    lines = head.split(b"\n")
+    if len(head) == _SNIFF_BYTES:
+        lines = lines[:-1]  # the last one may be cut mid-character
+    lines = [line for line in lines if line.strip()]
+    bad = 0
+    for line in lines:
+        try:
+            line.decode("utf-8")
+            bad += b"\x00" in line  # NUL: binary data, never text
+        except UnicodeDecodeError:
+            bad += 1
+    if lines and bad > len(lines) / 2:
+        raise ValueError(f"input file {path}: {bad} of the {len(lines)} lines in its first "
+                         f"{len(head):,} bytes are not UTF-8 text (binary data?); expected UTF-8 text")
 
 
 def split_long_line(line: str, max_chars: int) -> list[str]:
@@ -176,9 +213,10 @@ class FileSource:
         """Fails now, naming the file, if it cannot be read (a directory, no permission, ...)."""
         try:
             with epath.Path(self.path).open("rb") as f:
-                f.read(1)
+                head = f.read(_SNIFF_BYTES)
         except (OSError, IsADirectoryError) as error:
             raise OSError(f"input file {self.path} cannot be read: {error}") from None
+        check_text(self.path, head)
 
     def has_text(self) -> bool:
         return next(_iter_blocks(self.path, InputStats()), None) is not None
@@ -191,9 +229,12 @@ class FileSource:
         """(key, raw lines) of every document of the file, in order."""
         stats.files += 1
         found = False
+        invalid_before = stats.invalid_utf8_lines
         for d, block in enumerate(_iter_blocks(self.path, stats)):
             found = True
             yield (self.number, d), block
+        if stats.invalid_utf8_lines > invalid_before:
+            stats.invalid_utf8_files.append([self.path, stats.invalid_utf8_lines - invalid_before])
         if not found:
             stats.empty_files.append(self.path)
 
@@ -279,6 +320,8 @@ def iter_documents(sources, input_format: str, stats: InputStats,
 
 
 def _read(sources, input_format, stats, max_line_chars) -> Iterator[list[str]]:
+    for source in sources:
+        source.check_readable()
     had_text = False
     for _, sentences in iter_documents(sources, input_format, stats, max_line_chars):
         had_text = True

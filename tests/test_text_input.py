@@ -2,6 +2,7 @@
 
 import logging
 
+import numpy as np
 import pytest
 
 from data_pipelines import pretraining_instances as pi
@@ -107,3 +108,29 @@ def test_tfds_text_dataset_by_name():
                     ["Albedo is the fraction of sunlight that is diffusely reflected by a body."],
                     ["Broken \ufffd byte.", "Second sentence."]]
     assert stats.empty_documents_skipped == 1 and stats.invalid_utf8_lines == 1
+
+
+def test_each_invalid_utf8_warning_names_its_own_file(tmp_path, caplog):
+    good, bad = tmp_path / "good.txt", tmp_path / "bad.txt"
+    good.write_text("Fine text.\n")
+    bad.write_bytes(b"Bad \xff here.\nFine.\n")
+    stats = InputStats()
+    with caplog.at_level(logging.WARNING):
+        list(read_google_documents(f"{good},{bad}", stats=stats))
+    assert stats.invalid_utf8_files == [[str(bad), 1]]
+    assert f"{bad}: 1 line(s) held invalid UTF-8" in caplog.text and f"{good}:" not in caplog.text
+
+
+def test_utf16_and_binary_files_refused_before_reading(tmp_path):
+    utf16 = tmp_path / "utf16.txt"
+    utf16.write_bytes("A sentence in UTF-16.\n".encode("utf-16"))
+    with pytest.raises(ValueError, match=r"utf16.txt is UTF-16-LE text \(byte-order mark FF FE\); convert it to UTF-8"):
+        list(read_google_documents(str(utf16)))
+    binary = tmp_path / "garbage.bin"
+    binary.write_bytes(np.random.default_rng(0).bytes(200_000))
+    with pytest.raises(ValueError, match=r"garbage.bin: \d+ of the \d+ lines in its first 200,000 bytes are not UTF-8"):
+        list(read_google_documents(str(binary)))
+    # A few damaged lines among text are repaired, not refused.
+    mostly_text = tmp_path / "mostly.txt"
+    mostly_text.write_bytes(b"Good line.\n" * 10 + b"Bad \xff.\n")
+    assert len(list(read_google_documents(str(mostly_text)))) == 1
