@@ -297,14 +297,12 @@ def _verify(directory: epath.Path, step: int, tree: Any, where: str, prefix: str
 
 
 def _read_checksums(path: epath.Path) -> dict:
-    # JsonSave writes the item as <item>/metadata.
-    # On gs:// orbax also leaves commit_success.txt in each item (GCS has no atomic rename): not ours.
-    files = [p for p in path.iterdir() if p.is_file() and p.name != "commit_success.txt"] if path.is_dir() else [path]
-    for file in files:
-        try:
-            data = json.loads(file.read_text())
-        except ValueError as e:
-            raise CheckpointError(f"{file}: unreadable checksums ({e})") from None
-        if isinstance(data, dict):
-            return data
-    raise CheckpointError(f"{path}: no checksums file")
+    # JsonSave writes the item as <item>/metadata (beside it orbax may leave commit_success.txt).
+    file = path / "metadata"
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{file}: unreadable checksums ({e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{file}: expected a JSON object of checksums, found {type(data).__name__}")
+    return data
