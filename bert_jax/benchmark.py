@@ -59,7 +59,7 @@ def main(argv=None) -> dict:
 
     import jax
     from bert_jax import flops as flops_lib
-    from bert_jax import optim, sharding, train
+    from bert_jax import optim, sharding, train_utils
     from bert_jax.config import BertConfig
     from bert_jax.tasks.pretraining import PretrainingTask, SyntheticPretrainingIterator
     from experiments import pretrain
@@ -81,12 +81,12 @@ def main(argv=None) -> dict:
     tx = optim.make_optimizer(config.optimizer, total_steps=10 * total_steps)
     schedule = optim.learning_rate_schedule(config.optimizer.learning_rate, total_steps, 10 * total_steps)
     with jax.set_mesh(mesh):
-        layout = train.state_layout(model, tx, mesh, sharding.axis_rules(args.rules), seed=0)
+        layout = train_utils.state_layout(model, tx, mesh, sharding.axis_rules(args.rules), seed=0)
         state = layout.fresh_state(tx, layout.init_params())
-        step_fn = train.jit_train_step(task, model, tx, schedule, args.grad_accum_steps, mesh, layout)
+        step_fn = train_utils.jit_train_step(task, model, tx, schedule, args.grad_accum_steps, mesh, layout)
         data_iter = SyntheticPretrainingIterator(config.data, args.batch_size, bert_config.vocab_size, seed=0)
         batches = [sharding.make_global_batch(next(data_iter), mesh) for _ in range(2)]
-        step_fn, compile_time, _ = train.compile_train_step(step_fn, state, batches[0])
+        step_fn, compile_time, _ = train_utils.compile_train_step(step_fn, state, batches[0])
         times = []
         for i in range(total_steps):
             start = time.perf_counter()

@@ -7,12 +7,16 @@ multiply-add, backward = 2x forward, no credit for rematerialisation.
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+log = logging.getLogger("bert_jax.flops")
 
 # Dense peak FLOP/s per device (bf16 unless noted) from the vendors' spec sheets, by
 # `device_kind` prefix. The CPU has no fixed number: it is measured (see `measure_matmul_peak`).
@@ -60,11 +64,16 @@ def training_flops_per_token(bert_config: Any, seq_len: int, num_predictions: in
     return 3.0 * forward
 
 
-def measure_matmul_peak(size: int = 1024, repeats: int = 5) -> float:
-    """Sustained float32 matmul FLOP/s of one device, measured with an XLA [size x size] matmul.
+@functools.lru_cache(maxsize=None)
+def measure_matmul_peak(size: int = 2048, repeats: int = 5) -> float:
+    """Sustained float32 matmul FLOP/s of one device: the best of `repeats` timings of an XLA
+    [size x size] matmul, measured once per process.
 
     For devices without a spec-sheet number (CPUs): MFU then reads as "fraction of what XLA's
-    own best kernel reaches here"."""
+    own best kernel reaches here". The best of several timings of a matmul large enough to
+    dwarf dispatch keeps a busy moment at start-up from setting a low peak (a single 1024^2
+    timing on a busy machine once gave MFU 1.3); a measured peak is still a lower bound of the
+    device's, so `mfu` warns when it exceeds 1."""
     device = jax.local_devices()[0]
     # A one-device mesh of its own: called inside a training mesh, jit would otherwise refuse an
     # array committed to one device of it.
@@ -90,3 +99,14 @@ def peak_flops_per_device(configured: float = 0.0) -> tuple[float, str]:
         if kind.startswith(prefix):
             return value, f"table:{prefix}"
     return measure_matmul_peak(), f"measured:{kind} float32 matmul"
+
+
+def mfu(tokens_per_s: float, flops_per_token: float, peak: float, peak_source: str, devices: int) -> float:
+    """Model FLOPs utilisation; warns, naming the peak's source, when it exceeds 1 (the peak is
+    then too low: a measured peak on a busy machine, or a wrong configured one)."""
+    value = tokens_per_s * flops_per_token / (peak * devices)
+    if value > 1:
+        log.warning("MFU %.3f > 1: the peak it divides by (%.3g FLOP/s per device, from %s) is below what "
+                    "this run reached; set config.logging.peak_flops_per_device (--peak_flops) to the "
+                    "device's real peak", value, peak, peak_source)
+    return value

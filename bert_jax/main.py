@@ -46,8 +46,8 @@ def main(argv) -> int:
     logging.getLogger("bert_jax").setLevel(logging.INFO)
     # orbax logs every file rename of every save at INFO through absl; keep its warnings only.
     absl_logging.set_verbosity(absl_logging.WARNING)
-    from bert_jax import train  # after flag parsing: importing jax is slow
-    train.maybe_initialize_distributed(config.distributed)
+    from bert_jax import train, train_utils  # after flag parsing: importing jax is slow
+    train_utils.maybe_initialize_distributed(config.distributed)
     results = train.train_and_evaluate(config, _WORKDIR.value)
     if results["preempted"]:
         logging.warning("stopped at step %d (SIGTERM or train.stop_at_step); checkpoint saved; "

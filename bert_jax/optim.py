@@ -126,8 +126,7 @@ def make_optimizer(optimizer_config: Mapping[str, Any], total_steps: int) -> opt
 
 
 def default_config():
-    """The `config.optimizer` ConfigDict with BERT's values."""
-    import ml_collections
-    return ml_collections.ConfigDict(dict(
-        name="adamw", learning_rate=1e-4, warmup_steps=10_000, b1=0.9, b2=0.999, eps=1e-6,
-        weight_decay=0.01, clip_global_norm=1.0, frozen_params=""))
+    """The `config.optimizer` ConfigDict with BERT's values (kept in bert_jax.run_config, with every
+    other default, so config files import no optax)."""
+    from bert_jax.run_config import optimizer_config
+    return optimizer_config()

@@ -13,7 +13,7 @@ dropout 0.1, 15% masking with at most 20 (seq 128) / 80 (seq 512) predictions, N
 import ml_collections
 
 from bert_jax.config import BertConfig, PRESETS
-from bert_jax.train import default_config
+from bert_jax.run_config import default_config
 from data_pipelines.input_pipeline import default_data_config
 
 TOTAL_STEPS = 1_000_000

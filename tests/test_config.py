@@ -239,16 +239,16 @@ def test_released_checkpoint_configs_still_load_and_can_switch_to_cudnn_explicit
 def test_run_config_resolution_refuses_cudnn_with_the_default_attention_dropout():
     """The trainer's resolve_model fills an unset run field with BertConfig's default (0.1), so a
     fine-tuning run that asks for cudnn alone is refused before it starts, and with dropout 0 it runs."""
-    from bert_jax import train
+    from bert_jax import run_config
 
     checkpoint = BertConfig.from_dict(GOOGLE_BASE)
     model = {name: None for name in BertConfig().to_dict()}
     with pytest.raises(ConfigError, match="attention_implementation='cudnn'.*attention_probs_dropout_prob=0.1"):
-        train.resolve_model({**model, "attention_implementation": "cudnn"}, checkpoint, "ckpt")
-    resolved = train.resolve_model({**model, "attention_implementation": "cudnn", "attention_probs_dropout_prob": 0.0},
+        run_config.resolve_model({**model, "attention_implementation": "cudnn"}, checkpoint, "ckpt")
+    resolved = run_config.resolve_model({**model, "attention_implementation": "cudnn", "attention_probs_dropout_prob": 0.0},
                                    checkpoint, "ckpt")
     assert (resolved["attention_implementation"], resolved["attention_probs_dropout_prob"]) == ("cudnn", 0.0)
-    assert train.resolve_model(model, checkpoint, "ckpt")["attention_implementation"] == "xla"
+    assert run_config.resolve_model(model, checkpoint, "ckpt")["attention_implementation"] == "xla"
 
 
 @pytest.mark.parametrize("implementation, dropout, expected", [

@@ -1,4 +1,4 @@
-"""Evaluate-only paths run the trainer's prediction loop (train.Predictor): GLUE's test-set
+"""Evaluate-only paths run the trainer's prediction loop (predict.Predictor): GLUE's test-set
 submission files from a finished run's checkpoint, checked against the model applied here."""
 
 import csv

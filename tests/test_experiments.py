@@ -1,7 +1,7 @@
 """Every experiment file, with every argument it documents, gives a complete and valid config.
 
 No training here: each config is locked (as main.py locks it) and resolved as the trainer
-resolves it (`train.resolve_config`, with a fine-tuning config's facts stood in: 1,000 training
+resolves it (`run_config.resolve_config`, with a fine-tuning config's facts stood in: 1,000 training
 examples and a BERT-base checkpoint); its model section must then build a BertConfig, its task
 must be registered, its optimizer must build, its mesh rules must exist,
 and a pretraining config's data section must pass the input pipeline's own validation.
@@ -12,7 +12,7 @@ import pathlib
 
 import pytest
 
-from bert_jax import optim, sharding, train
+from bert_jax import optim, run_config, sharding
 from bert_jax.config import BertConfig
 from bert_jax.tasks import TASKS
 from tests.train_helpers import import_file
@@ -51,10 +51,10 @@ def check_config(config, label: str) -> None:
     missing = [name for name in SECTIONS if name not in config]
     assert not missing, f"{label} lacks config sections {missing}"
     checkpoint = BertConfig.preset("base") if "num_epochs" in config else None  # fine-tuning: from init_from
-    config = train.resolve_config(config, num_train_examples=1000, checkpoint=checkpoint)
+    config = run_config.resolve_config(config, num_train_examples=1000, checkpoint=checkpoint)
     BertConfig.from_dict(config.model.to_dict())  # raises on an invalid architecture
     assert config.task.name in TASKS, f"{label}: task {config.task.name!r} is not registered"
-    train._validate(config)
+    run_config.validate(config)
     sharding.axis_rules(config.mesh.rules)
     optim.make_optimizer(config.optimizer, total_steps=int(config.train.num_steps))
 

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from bert_jax import train
+from bert_jax import run_config, train
 from bert_jax.config import BertConfig
 from tests.train_helpers import losses_by_step, read_metrics, tiny_config
 
@@ -97,7 +97,7 @@ def test_an_architecture_override_that_contradicts_the_checkpoint_is_an_error(ti
         train.train_and_evaluate(config, tmp_path / "run", devices=jax.devices()[:1])
     assert not (tmp_path / "run").exists()
     # An architecture value equal to the checkpoint's is fine, and unset fields take the checkpoint's.
-    resolved = train.resolve_config(_tsv_config(tmp_path, path, num_hidden_layers=2), 16, BertConfig.preset("tiny"))
+    resolved = run_config.resolve_config(_tsv_config(tmp_path, path, num_hidden_layers=2), 16, BertConfig.preset("tiny"))
     assert resolved.model.num_hidden_layers == 2 and resolved.model.hidden_size == 128
 
 
@@ -107,16 +107,16 @@ def test_step_and_warmup_fields_given_twice_are_errors(tiny_checkpoint, tmp_path
     config = _tsv_config(tmp_path, path)
     config.num_epochs = 3  # and train.num_steps=2 from _tsv_config
     with pytest.raises(ValueError, match=r"config.train.num_steps=2 and config.num_epochs=3 both set"):
-        train.resolve_config(config, 100, checkpoint)
+        run_config.resolve_config(config, 100, checkpoint)
     config = _tsv_config(tmp_path, path)
     config.optimizer.warmup_steps = 5
     with pytest.raises(ValueError, match=r"config.optimizer.warmup_steps=5 and config.warmup_proportion=0.1 both"):
-        train.resolve_config(config, 100, checkpoint)
+        run_config.resolve_config(config, 100, checkpoint)
     config.warmup_proportion = -1.0
-    assert train.resolve_config(config, 100, checkpoint).optimizer.warmup_steps == 5
+    assert run_config.resolve_config(config, 100, checkpoint).optimizer.warmup_steps == 5
     config = _tsv_config(tmp_path, path)
     config.num_epochs, config.train.num_steps = 2, None
-    resolved = train.resolve_config(config, 100, checkpoint)
+    resolved = run_config.resolve_config(config, 100, checkpoint)
     assert resolved.train.num_steps == 25 and resolved.optimizer.warmup_steps == 2  # ceil(2*100/8), 10%
     assert config.train.num_steps is None  # the user's config is not edited
 

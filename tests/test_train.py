@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from bert_jax import run_checkpoints, train
+from bert_jax import optim, predict, run_checkpoints, train, train_utils
 from bert_jax.tasks.pretraining import PretrainingTask
 from tests.tolerances import assert_tree_close
 from tests.train_helpers import losses_by_step, read_metrics, require_devices, tiny_config
@@ -32,7 +32,7 @@ def needs_8_devices(test):
 
 
 def _flat_params(state):
-    return {train.optim.param_path(p): v for p, v in jax.tree_util.tree_leaves_with_path(state.params)}
+    return {optim.param_path(p): v for p, v in jax.tree_util.tree_leaves_with_path(state.params)}
 
 
 @pytest.mark.slow
@@ -174,8 +174,8 @@ def test_token_id_outside_the_vocab_is_refused_naming_step_and_id(tmp_path):
     with pytest.raises(ValueError, match=rf"step 2: batch field 'input_ids' holds token id {vocab}, outside \[0, {vocab}\)"):
         train.train_and_evaluate(config, tmp_path, task=_IdOutOfVocabAtStep(config, bad_step=2), devices=jax.devices()[:1])
     with pytest.raises(ValueError, match="'masked_lm_ids' holds token id -1"):
-        train.check_token_ids({"masked_lm_ids": np.array([[3, -1]])}, vocab, "step 7")
-    train.check_token_ids({"input_ids": np.array([[0, vocab - 1]]), "masked_lm_ids": np.zeros((1, 0), int)}, vocab, "step 1")
+        predict.check_token_ids({"masked_lm_ids": np.array([[3, -1]])}, vocab, "step 7")
+    predict.check_token_ids({"input_ids": np.array([[0, vocab - 1]]), "masked_lm_ids": np.zeros((1, 0), int)}, vocab, "step 1")
 
 
 def test_resume_skips_a_half_written_checkpoint(tmp_path):
@@ -213,13 +213,13 @@ def test_merge_pretrained_keeps_new_heads_and_rejects_wrong_shapes():
              "classifier": {"kernel": np.zeros((4, 2), np.float32)}}
     loaded = {"bert": {"pooler": {"dense": {"kernel": np.ones((4, 4), np.float32)}}},
               "cls": {"seq_relationship": {"kernel": np.ones((4, 2), np.float32)}}}
-    merged, used, new = train.merge_pretrained(fresh, loaded, "ckpt")
+    merged, used, new = train_utils.merge_pretrained(fresh, loaded, "ckpt")
     assert used == ["bert/pooler/dense/kernel"] and new == ["classifier/kernel"]
     np.testing.assert_array_equal(merged["bert"]["pooler"]["dense"]["kernel"], 1.0)
     np.testing.assert_array_equal(merged["classifier"]["kernel"], 0.0)
     loaded["bert"]["pooler"]["dense"]["kernel"] = np.ones((8, 4), np.float32)
     with pytest.raises(ValueError, match=r"bert/pooler/dense/kernel: model expects \(4, 4\), ckpt has \(8, 4\)"):
-        train.merge_pretrained(fresh, loaded, "ckpt")
+        train_utils.merge_pretrained(fresh, loaded, "ckpt")
 
 
 def test_bad_config_values_are_named():

@@ -65,7 +65,7 @@ class BertEmbeddings(nn.Module):
         # rematerialization"). Without a mesh the constraint is a no-op.
         # An id >= the table size gives a NaN row (jnp.take's fill mode) rather than a silently
         # clipped lookup; negative ids wrap around as in NumPy. Ids cannot be range-checked
-        # inside jit, so the trainer checks each batch on the host (train.check_token_ids).
+        # inside jit, so the trainer checks each batch on the host (predict.check_token_ids).
         table = nn.with_logical_constraint(embed.embedding, (None, None))
         return jnp.take(table, ids, axis=0).astype(compute_dtype(self.config))
 

@@ -10,7 +10,7 @@ process its rows. Parameters are initialised by calling the model with `input_id
 which every model in bert_jax.modeling accepts.
 
 Tasks report facts and do not edit the config: a fine-tuning task exposes `num_train_examples`,
-from which the trainer derives train.num_steps (`bert_jax.train.resolve_config`).
+from which the trainer derives train.num_steps (`bert_jax.run_config.resolve_config`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What every fine-tuning experiment shares: its config fields, and the checks a task makes of them.
 
-`base_config(task_name)` gives the trainer's config (`bert_jax.train.default_config`) plus:
+`base_config(task_name)` gives the trainer's config (`bert_jax.run_config.default_config`) plus:
 
     init_from            pretrained model: HF / Google TF / bert_jax directory, or a bert_jax run workdir
                          (finished or not: its newest complete checkpoint)
@@ -28,7 +28,7 @@ dropout probabilities, 0.1 as in the paper) are the config's, whatever the check
 `train.num_steps` and `optimizer.warmup_steps` are unset too: they follow from the epochs and
 the warmup proportion, and giving one of them as well is an error naming both.
 
-The trainer does all of this (`bert_jax.train.resolve_config`) from facts the task reports
+The trainer does all of this (`bert_jax.run_config.resolve_config`) from facts the task reports
 (`num_train_examples`) and the checkpoint's config; a task's factory only calls `resolve`
 here, which checks the tokenizer and max_seq_length against the checkpoint and edits nothing.
 config.json and results.json in the workdir record the values used.
@@ -54,7 +54,7 @@ PAPER_SWEEP = dict(learning_rate=(5e-5, 3e-5, 2e-5), batch_size=(16, 32), num_ep
 
 def base_config(task_name: str, *, max_seq_length: int = 128, learning_rate: float = 2e-5,
                 batch_size: int = 32, num_epochs: int = 3) -> ml_collections.ConfigDict:
-    from bert_jax.train import default_config
+    from bert_jax.run_config import default_config
 
     config = default_config()
     config.init_from = ""
@@ -102,7 +102,7 @@ def head_options(config) -> features_lib.HeadOptions:
 def model_placeholder() -> ml_collections.ConfigDict:
     """config.model for a run whose architecture comes from its checkpoint: architecture fields
     unset (typed, so --config.model.hidden_size=768 parses), the run's fields at the paper's values."""
-    from bert_jax.train import RUN_MODEL_FIELDS
+    from bert_jax.run_config import RUN_MODEL_FIELDS
 
     defaults = BertConfig().to_dict()
     fields = {}
@@ -149,7 +149,7 @@ def load_tokenizer(config):
 
 def resolve(config, tokenizer, num_train_examples: int) -> None:
     """Checks the tokenizer and max_seq_length against the checkpoint's architecture; edits
-    nothing (the trainer derives the model config and the step schedule: train.resolve_config)."""
+    nothing (the trainer derives the model config and the step schedule: run_config.resolve_config)."""
     bert_config = checkpoint_bert_config(config.init_from)
     features_lib.check_vocab(tokenizer, bert_config)
     if config.max_seq_length > bert_config.max_position_embeddings:

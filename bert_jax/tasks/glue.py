@@ -249,13 +249,13 @@ def write_test_predictions(workdir: str | pathlib.Path, output_dir: str | pathli
     """Runs a finished GLUE run's best checkpoint (or `step`) on the test split(s) and writes the
     GLUE server's files into `output_dir` (default: <workdir>/glue_submission).
 
-    The predictions come from the trainer's own prediction loop (`train.Predictor`) on the run's
+    The predictions come from the trainer's own prediction loop (`bert_jax.predict.Predictor`) on the run's
     mesh config and eval batch size."""
     import json
 
     import ml_collections
 
-    from bert_jax import run_checkpoints, train
+    from bert_jax import predict, run_checkpoints
     from bert_jax.config import BertConfig
 
     workdir = pathlib.Path(workdir)
@@ -266,7 +266,7 @@ def write_test_predictions(workdir: str | pathlib.Path, output_dir: str | pathli
     if not test_task.eval_sets or not any(test_task.eval_sets.values()):
         raise ValueError(f"{task.name}: no test split to predict (GLUE TSV directories need test.tsv)")
     params, used_step = run_checkpoints.restore_params(workdir, step if step is not None else results.get("best_step"))
-    predictor, params = train.pretrained_predictor(
+    predictor, params = predict.pretrained_predictor(
         test_task, BertConfig(**config.model.to_dict()), params, f"{workdir} (checkpoint of step {used_step})",
         mesh_config=config.mesh)
     predictions, batches = predictor(params, test_task.eval_batches(int(config.train.eval_batch_size)),
