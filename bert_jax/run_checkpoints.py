@@ -32,11 +32,10 @@ from etils import epath
 
 from bert_jax.checkpoints import checksums as checksums_lib
 from bert_jax.checkpoints.validation import CheckpointError
+from bert_jax.workdir import CHECKPOINT_DIR, DAMAGED_DIR
 
 log = logging.getLogger("bert_jax.run_checkpoints")
 
-CHECKPOINT_DIR = "checkpoints"
-DAMAGED_DIR = "damaged_checkpoints"  # steps that failed to restore, moved out of orbax's sight
 CHECKSUMS_ITEM = "checksums"
 
 

@@ -74,9 +74,8 @@ import threading
 from typing import Any
 
 from bert_jax import representation
+from bert_jax.workdir import METRICS_FILE, RESULTS_FILE
 
-RESULTS_FILE = "results.json"
-METRICS_FILE = "metrics.jsonl"
 PRETRAIN = "pretrain"
 SWEEP_KEYS = {"prepare", "pretrain", "finetune", "common", "finetune_common", "evaluations", "variants", "seeds",
               "paper"}

@@ -8,6 +8,7 @@
       metrics.jsonl       one line per logged step (bert_jax.metrics_logging)
       tensorboard/        TensorBoard event files (bert_jax.metrics_logging)
       checkpoints/        orbax checkpoints, one directory per step (bert_jax.run_checkpoints)
+      damaged_checkpoints/  steps that failed to restore, moved aside (bert_jax.run_checkpoints)
       predictions/        a task's predictions, when it writes them
       results.json        the results dict of a finished run
 
@@ -36,6 +37,7 @@ STARTS_FILE = "starts.jsonl"
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 CHECKPOINT_DIR = "checkpoints"
+DAMAGED_DIR = "damaged_checkpoints"  # steps that failed to restore, moved out of orbax's sight
 PREDICTIONS_DIR = "predictions"
 RESULTS_FILE = "results.json"
 
