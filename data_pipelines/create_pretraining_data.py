@@ -45,8 +45,9 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+def _HelpFormatter(prog):  # every flag's default shown, also of those without help text
+    from bert_jax.cli_flags import HelpFormatter
+    return HelpFormatter(prog)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,4 +168,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from bert_jax.cli_flags import run_main
+    run_main(main, "create_pretraining_data")
