@@ -23,7 +23,8 @@ import os
 import sys
 
 from bert_jax.checkpoints import CheckpointError, detect_format, flatten, load_pretrained, save_pretrained
-from bert_jax.checkpoints import hf, hf_tokenizer, run_workdir
+from bert_jax import workdir as run_files
+from bert_jax.checkpoints import hf, hf_tokenizer
 from bert_jax.cli_flags import HelpFormatter, parse_bool, rewrite_deprecated
 from bert_jax.config import ConfigError
 
@@ -53,7 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _export_facts(args, source_format: str) -> tuple[str | None, bool | None, list | None, str | None, list[str]]:
     """(vocab_file, lowercase, label_names, architecture, where each came from)."""
     if source_format == "run_workdir":
-        info = run_workdir.export_info(args.input)
+        info = run_files.export_info(args.input)
         return info["vocab_file"], info["lowercase"], info["label_names"], info["architecture"], info["sources"]
     input_dir = args.input if os.path.isdir(args.input) else os.path.dirname(args.input)
     vocab = next((os.path.join(input_dir, n) for n in ("vocab.txt", "spm.model")
@@ -62,7 +63,7 @@ def _export_facts(args, source_format: str) -> tuple[str | None, bool | None, li
     label_names = architecture = None
     if source_format == "hf":
         import json
-        with open(os.path.join(input_dir, "config.json"), encoding="utf-8") as f:
+        with open(os.path.join(input_dir, hf.CONFIG_FILE), encoding="utf-8") as f:
             hf_config = json.load(f)
         id2label = hf_config.get("id2label")
         if isinstance(id2label, dict) and id2label:
@@ -72,24 +73,13 @@ def _export_facts(args, source_format: str) -> tuple[str | None, bool | None, li
     return vocab, lowercase, label_names, architecture, sources
 
 
-def _head_model_class(workdir: str) -> str | None:
-    """The model class the trainer recorded in the run's head.json (None without one)."""
-    import json
-
-    path = os.path.join(workdir, run_workdir.HEAD_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        head = json.load(f)
-    return head.get("model_class") if isinstance(head, dict) else None
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         source_format = detect_format(args.input)
         if source_format == "run_workdir":  # before reading weights that the BERT table cannot hold
-            hf.refuse_non_bert_head(_head_model_class(args.input), f"{args.input} ({run_workdir.HEAD_FILE})")
+            hf.refuse_non_bert_head((run_files.read_head(args.input) or {}).get("model_class"),
+                                   f"{args.input} ({run_files.HEAD_FILE})")
         config, params = load_pretrained(args.input, check_vocab=not args.no_check_vocab)
         vocab, lowercase, label_names, architecture, sources = _export_facts(args, source_format)
         if args.no_check_vocab and not args.vocab_file:
@@ -117,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                             and ("classifier" in params or "qa_outputs" in params) else None)
         else:
             save_pretrained(params, config, args.output, format=args.to, vocab_file=vocab)
-    except (CheckpointError, ConfigError) as e:
+    except (CheckpointError, ConfigError, run_files.WorkdirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     for note in notes:

@@ -22,6 +22,8 @@ import datetime
 import dataclasses
 import json
 import logging
+import os
+from typing import Any
 
 from etils import epath
 
@@ -96,3 +98,135 @@ def record_run(workdir: epath.Path, config_dict: dict, bert_config, model, label
     write_json_atomic(workdir / MODEL_CONFIG_FILE, dataclasses.asdict(bert_config))
     write_json_atomic(workdir / HEAD_FILE, {"model_class": type(model).__name__,
                                             "label_names": None if label_names is None else list(label_names)})
+
+
+# --------------------------------------------------------------------------- readers
+
+
+class WorkdirError(ValueError):
+    """A run's file that cannot be read as what the trainer writes there."""
+
+
+def is_run_workdir(path) -> bool:
+    return (epath.Path(path) / CHECKPOINT_DIR).is_dir()
+
+
+DATA_RECORD_FILES = ("metadata.json", "recipe.json")  # create_pretraining_data's record of its vocab
+
+
+def read_json(path: epath.Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise WorkdirError(f"cannot read {path} as JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise WorkdirError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def read_run_config(workdir: str) -> dict:
+    """The run's resolved config as a dict: config.json, else results.json's "config" ({} if neither)."""
+    for name, key in ((CONFIG_FILE, None), (RESULTS_FILE, "config")):
+        path = epath.Path(workdir) / name
+        if path.is_file():
+            data = read_json(path)
+            return (data.get(key) or {}) if key else data
+    return {}
+
+
+def _vocab_beside(checkpoint: str) -> str | None:
+    for name in ("vocab.txt", "spm.model"):
+        if os.path.isfile(os.path.join(checkpoint, name)):
+            return os.path.join(checkpoint, name)
+    return None
+
+
+def _data_record(input_files: str) -> tuple[str | None, bool | None, str | None]:
+    """(vocab_file, do_lower_case, the record read) from create_pretraining_data's metadata.json /
+    recipe.json beside the first pattern of config.data.input_files."""
+    for pattern in [p for p in str(input_files or "").split(",") if p.strip()][:1]:
+        directory = os.path.dirname(pattern.strip())
+        for name in DATA_RECORD_FILES:
+            path = epath.Path(directory) / name
+            if path.is_file():
+                data = read_json(path)  # both hold do_lower_case; only metadata.json the vocab's path
+                vocab = data.get("vocab_file")
+                lower = data.get("do_lower_case")
+                return vocab or None, lower if isinstance(lower, bool) else None, os.fspath(path)
+    return None, None, None
+
+
+def export_info(workdir: str) -> dict[str, Any]:
+    """What an export of this run needs beyond its weights, from the files the trainer (and
+    create_pretraining_data) recorded: {"vocab_file", "lowercase", "label_names",
+    "architecture", "sources": [where each came from]}. Missing facts are None.
+
+    vocab: config.vocab_file (fine-tuning), else config.data.vocab_file (pretraining), else the
+    vocab recorded by create_pretraining_data beside config.data.input_files, else the vocab
+    of config.init_from (a run workdir, recursively, or a vocab.txt / spm.model beside it).
+    lowercase: config.lowercase (fine-tuning) or the data record's do_lower_case.
+    head: head.json (model class and label names), else results.json's config.task.labels.
+    """
+    config = read_run_config(workdir)
+    data = config.get("data") or {}
+    sources: list[str] = []
+    vocab = config.get("vocab_file") or data.get("vocab_file") or None
+    lowercase = config.get("lowercase") if isinstance(config.get("lowercase"), bool) else None
+    if vocab:
+        sources.append(f"vocab from {workdir}/{CONFIG_FILE}")
+    record_vocab, record_lower, record = _data_record(data.get("input_files", ""))
+    if not vocab and record_vocab:
+        vocab = record_vocab
+        sources.append(f"vocab from {record}")
+    if lowercase is None and record_lower is not None:
+        lowercase = record_lower
+        sources.append(f"do_lower_case from {record}")
+    init_from = str(config.get("init_from") or "")
+    if init_from and (not vocab or lowercase is None) and os.path.isdir(init_from):
+        if is_run_workdir(init_from):
+            parent = export_info(init_from)
+            parent_vocab, parent_lower = parent["vocab_file"], parent["lowercase"]
+        else:
+            from bert_jax.checkpoints import hf_tokenizer
+            parent_vocab, parent_lower = _vocab_beside(init_from), hf_tokenizer.read_lowercase(init_from)
+        if not vocab and parent_vocab:
+            vocab = parent_vocab
+            sources.append(f"vocab of init_from={init_from}")
+        if lowercase is None and parent_lower is not None:
+            lowercase = parent_lower
+            sources.append(f"do_lower_case of init_from={init_from}")
+    architecture = label_names = None
+    head_path = epath.Path(workdir) / HEAD_FILE
+    if head_path.is_file():
+        head = read_json(head_path)
+        architecture, label_names = head.get("model_class"), head.get("label_names")
+        sources.append(f"head from {head_path}")
+    else:
+        labels = (config.get("task") or {}).get("labels")
+        if isinstance(labels, str) and labels:
+            label_names = labels.split(",")
+            sources.append("label names from config.task.labels")
+    if architecture not in ("BertForSequenceClassification", "BertForTokenClassification",
+                            "BertForQuestionAnswering", "BertForPreTraining", "BertForMaskedLM"):
+        architecture = None  # the params' keys decide
+    return {"vocab_file": vocab, "lowercase": lowercase, "label_names": label_names,
+            "architecture": architecture, "sources": sources}
+
+
+def read_results(workdir) -> dict:
+    """results.json of a finished run."""
+    return read_json(epath.Path(workdir) / RESULTS_FILE)
+
+
+def read_head(workdir) -> dict | None:
+    """head.json ({"model_class", "label_names"}), None for runs from before it existed."""
+    path = epath.Path(workdir) / HEAD_FILE
+    return read_json(path) if path.is_file() else None
+
+
+def read_metrics(workdir) -> list[dict]:
+    """The rows of metrics.jsonl ({"step", "split", name: value}); [] before the first one."""
+    path = epath.Path(workdir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

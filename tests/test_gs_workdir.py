@@ -2,9 +2,11 @@
 
 import json
 
+from bert_jax import workdir as run_files
 from bert_jax.checkpoints import run_workdir
 from bert_jax.config import BertConfig
-from bert_jax.metrics_logging import METRICS_FILE, MetricsWriter
+from bert_jax.metrics_logging import MetricsWriter
+from bert_jax.workdir import METRICS_FILE
 from tests.gcs_mock import in_memory_gcs
 
 
@@ -32,6 +34,6 @@ def test_a_gs_run_workdir_is_recognised_and_its_model_config_read(monkeypatch):
     bucket.pipe("gs://bucket/run/model_config.json", json.dumps(config.to_dict()).encode())
     bucket.makedirs("gs://bucket/run/checkpoints", exist_ok=True)
     bucket.pipe("gs://bucket/run/checkpoints/3/_CHECKPOINT_METADATA", b"{}")
-    assert run_workdir.is_run_workdir("gs://bucket/run")
+    assert run_files.is_run_workdir("gs://bucket/run")
     assert run_workdir.config_source("gs://bucket/run") == "gs://bucket/run/model_config.json"
     assert run_workdir.read_config("gs://bucket/run") == config

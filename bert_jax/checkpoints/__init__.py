@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from bert_jax import workdir as run_files
 from bert_jax.checkpoints import google_tf, hf, hf_tokenizer, hub, native, run_workdir, validation
 from bert_jax.checkpoints.hf_tokenizer import TokenizerExportError
 from bert_jax.checkpoints.validation import CheckpointError, flatten, unflatten
@@ -35,12 +36,12 @@ def detect_format(path: str | os.PathLike) -> str:
     """'bert_jax', 'hf', 'google_tf' or 'run_workdir' for a directory (or a TF checkpoint prefix).
     A Hugging Face Hub id is resolved to its snapshot directory first (`hub.resolve`)."""
     path = hub.resolve(path)
-    if "://" in os.fspath(path) and run_workdir.is_run_workdir(path):
+    if "://" in os.fspath(path) and run_files.is_run_workdir(path):
         return "run_workdir"  # gs://...: a run's workdir in a bucket (etils.epath and orbax read it)
     if os.path.isdir(path):
         if native.is_native_dir(path):
             return "bert_jax"
-        if run_workdir.is_run_workdir(path):
+        if run_files.is_run_workdir(path):
             return "run_workdir"
         if hf.is_hf_dir(path):
             return "hf"
@@ -53,7 +54,7 @@ def detect_format(path: str | os.PathLike) -> str:
             f"  bert_jax:      {native.CONFIG_FILE} + {native.PARAMS_FILE}\n"
             f"  Hugging Face:  {hf.CONFIG_FILE} + {hf.SAFETENSORS_FILE} or {hf.TORCH_FILE}\n"
             f"  Google TF:     {google_tf.CONFIG_FILE} + {google_tf.DEFAULT_PREFIX}.index/.data-* (+ vocab.txt)\n"
-            f"  training run:  {run_workdir.CHECKPOINT_DIR}/ (orbax) + {run_workdir.RESULTS_FILE}\n"
+            f"  training run:  {run_files.CHECKPOINT_DIR}/ (orbax) + {run_files.MODEL_CONFIG_FILE}\n"
             f"found: {sorted(os.listdir(path))}"
         )
     if google_tf.is_tf_checkpoint(path):

@@ -36,10 +36,8 @@ config.json and results.json in the workdir record the values used.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import pathlib
 
 import ml_collections
 
@@ -122,19 +120,11 @@ def checkpoint_bert_config(init_from: str) -> BertConfig:
 
 
 def _run_vocab(init_from: str) -> str | None:
-    """The vocab file a bert_jax pretraining run used, from the config it recorded at its start
-    (config.json; results.json for runs from before config.json existed)."""
-    for name in ("config.json", "results.json"):
-        path = pathlib.Path(init_from) / name
-        if path.is_file() and (pathlib.Path(init_from) / "checkpoints").is_dir():
-            data = json.loads(path.read_text())
-            data = data.get("config", {}) if name == "results.json" else data
-            vocab = (data.get("data") or {}).get("vocab_file") or None
-            if vocab is None:  # static-mask data: create_pretraining_data recorded the vocab
-                from bert_jax.checkpoints import run_workdir
-                vocab = run_workdir.export_info(init_from)["vocab_file"]
-            return vocab
-    return None
+    """The vocab file of a bert_jax run given as init_from (None for other checkpoints)."""
+    from bert_jax import workdir as run_files
+    if not init_from or not run_files.is_run_workdir(init_from):
+        return None
+    return run_files.export_info(init_from)["vocab_file"]
 
 
 def load_tokenizer(config):

@@ -251,15 +251,14 @@ def write_test_predictions(workdir: str | pathlib.Path, output_dir: str | pathli
 
     The predictions come from the trainer's own prediction loop (`bert_jax.predict.Predictor`) on the run's
     mesh config and eval batch size."""
-    import json
-
     import ml_collections
 
     from bert_jax import predict, run_checkpoints
+    from bert_jax import workdir as run_files
     from bert_jax.config import BertConfig
 
     workdir = pathlib.Path(workdir)
-    results = json.loads((workdir / "results.json").read_text())
+    results = run_files.read_results(workdir)
     config = ml_collections.ConfigDict(results["config"])
     task = from_config(config)
     test_task = task.test_task()
