@@ -227,6 +227,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None, devices=No
             if not bool(jax.device_get(params_finite(state.params))):
                 raise NonFiniteError(f"params are not finite at step {step}; refusing to write a checkpoint")
             meta_out = {"step": step, "best": best, "last_eval": eval_metrics, "process_count": process_count}
+            writer.flush()  # a gs:// workdir: the rows of the steps this checkpoint covers reach it first
             checkpointer.save(step, state, train_iter.get_state(), meta_out, metrics=metrics, force=force)
             clock.add("checkpoint", time.perf_counter() - start)
 
