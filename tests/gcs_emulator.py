@@ -42,6 +42,18 @@ BUCKET = "bucket"
 _REQUEST = re.compile(r'\\"(?P<method>[A-Z]+) (?P<target>\S+) HTTP/[0-9.]+\\" (?P<status>\d{3})')
 
 
+# Nothing may look for credentials beyond 127.0.0.1. TensorStore takes a fixed token; google-auth
+# skips the GCE metadata server; gcsfs's zonal-bucket probe (a gRPC call to the storage control API,
+# made before every operation while its answer is unknown, with google-auth's credential search)
+# is off; any metadata lookup left goes to a closed loopback port.
+NO_CLOUD_CREDENTIALS = {
+    "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
+    "NO_GCE_CHECK": "true",
+    "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+    "GCE_METADATA_HOST": "127.0.0.1:9", "GCE_METADATA_IP": "127.0.0.1:9", "GCE_METADATA_ROOT": "127.0.0.1:9",
+}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -96,7 +108,7 @@ class GcsEmulator:
     def env(self) -> dict:
         """What a process needs for every gs:// client it uses to reach this emulator."""
         return {"STORAGE_EMULATOR_HOST": self.url, "TENSORSTORE_GCS_HTTP_URL": self.url, "EPATH_USE_TF": "false",
-                "GOOGLE_CLOUD_PROJECT": "test-project"}
+                "GOOGLE_CLOUD_PROJECT": "test-project", **NO_CLOUD_CREDENTIALS}
 
     def listing(self, prefix: str = "") -> dict[str, int]:
         """{object name: size} under `prefix`, from the emulator's own JSON list API."""
