@@ -116,6 +116,8 @@ def validate(config) -> None:
             raise ValueError(f"config.train.{name}: expected >= 1, found {t[name]}")
     if t.num_steps is not None and int(t.num_steps) < 0:
         raise ValueError(f"config.train.num_steps: expected >= 0 (0: evaluate only), found {t.num_steps}")
+    if int(t.get("nonfinite_skip_limit", 1)) < 1:
+        raise ValueError(f"config.train.nonfinite_skip_limit: expected >= 1, found {t.nonfinite_skip_limit}")
     if t.batch_size % t.grad_accum_steps:
         raise ValueError(f"config.train.batch_size={t.batch_size} is not divisible by "
                          f"grad_accum_steps={t.grad_accum_steps}")
@@ -137,6 +139,8 @@ def default_config():
         eval_every=10_000,  # 0: only at the end
         eval_batch_size=256,
         nonfinite_policy="halt",  # "halt" | "skip"
+        # "skip": each skipped step is warned; this many skipped in a row halt the run (data or lr is broken).
+        nonfinite_skip_limit=10,
         stop_at_step=0,  # > 0: save and exit at this step (time-sliced jobs); rerun to continue
         # Resuming on another number of processes: the non-packed input state is a global position
         # and continues exactly; a packed stream's per-process state cannot. True: start the data
@@ -145,7 +149,9 @@ def default_config():
     ))
     c.optimizer = optimizer_config()
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, rules="data_parallel"))
-    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=10_000, keep=3, keep_best=True, async_save=True))
+    # verify: a crc32c of every array at save, checked at restore (a damaged step falls back to an older one).
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=10_000, keep=3, keep_best=True, async_save=True,
+                                                  verify=True))
     c.logging = ml_collections.ConfigDict(dict(
         tensorboard=True, progress_bar=True,
         peak_flops_per_device=0.0,  # 0: the device-kind table, else a measured matmul peak
