@@ -345,6 +345,7 @@ def pretraining_run(args, attention: str) -> dict:
     import jax
 
     from bert_jax import train
+    from bert_jax import workdir as run_files
 
     preset = "tiny" if args.smoke else "mini"
     steps, batch_size = (10, 8) if args.smoke else (args.mini_steps, 128)
@@ -367,7 +368,7 @@ def pretraining_run(args, attention: str) -> dict:
     task = array_pretraining_task(config, train_arrays, eval_arrays)
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="gpu_check_run_"))
     results, state = train.train_and_evaluate(config, str(workdir), task=task, return_state=True)
-    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    rows = run_files.read_metrics(workdir)
     train_rows = [r for r in rows if r["split"] == "train"]
     _TRAINED.update(state=state, config=config, workdir=workdir, task=task, eval_arrays=eval_arrays)
     final = results["final_metrics"]
@@ -492,55 +493,30 @@ _SPEED: dict = {}
 
 def time_train_step(args, preset: str, seq_len: int, predictions: int, batch_size: int, fields: dict,
                     steps: int, warmup: int) -> dict:
-    """bert_jax.benchmark's measurement (the trainer's jit step on synthetic batches, compiled
-    ahead of time, timed dispatch to block_until_ready), with the model run fields given."""
+    """bert_jax.step_timing's measurement (the trainer's jit step under its mesh and rules, on
+    synthetic batches, compiled ahead of time, timed dispatch to block_until_ready), with the
+    model run fields given, plus what the GPU check reads off the compiled program."""
     import jax
-    import jax.numpy as jnp  # noqa: F401
-    from flax import linen as nn
 
-    from bert_jax import flops as flops_lib
-    from bert_jax import optim, sharding, train_utils
-    from bert_jax.config import BertConfig
-    from bert_jax.tasks.pretraining import PretrainingTask, SyntheticPretrainingIterator
+    from bert_jax import step_timing
+    from bert_jax.tasks.pretraining import PretrainingTask
 
     config = experiment_config(preset, seq_len, predictions)
     config.model.update(dtype=args.dtype, param_dtype="float32", **fields)
-    bert_config = BertConfig(**config.model.to_dict())
-    task = PretrainingTask(config)
-    model = task.make_model(bert_config)
-    mesh = sharding.make_mesh(config.mesh)
-    rules = sharding.axis_rules(config.mesh.rules)
     total_steps = warmup + steps
+    config.train.update(batch_size=batch_size, grad_accum_steps=1, num_steps=10 * total_steps)
     config.optimizer.warmup_steps = total_steps  # the lr value does not change the cost of a step
-    tx = optim.make_optimizer(config.optimizer, total_steps=10 * total_steps)
-    schedule = optim.learning_rate_schedule(config.optimizer.learning_rate, total_steps, 10 * total_steps)
     memory_before = device_memory()
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        layout = train_utils.state_layout(model, tx, mesh, rules, seed=0)
-        state = layout.fresh_state(tx, layout.init_params())
-        step_fn = train_utils.jit_train_step(task, model, tx, schedule, 1, mesh, layout)
-        data = SyntheticPretrainingIterator(config.data, batch_size, bert_config.vocab_size, seed=0)
-        batches = [sharding.make_global_batch(next(data), mesh) for _ in range(2)]
-        compiled, compile_time, facts = train_utils.compile_train_step(step_fn, state, batches[0])
-        fmha_calls = compiled.as_text().count("__cudnn$fmha")
-        times = []
-        for i in range(total_steps):
-            start = time.perf_counter()
-            state, metrics = compiled(state, batches[i % 2])
-            jax.block_until_ready(metrics)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-        loss = float(metrics["loss"])
+    step = step_timing.compile_step(config, PretrainingTask(config), batch_size)
+    figures = step_timing.time_train_step(step, steps, warmup, args.peak_tflops * 1e12)
+    fmha_calls = step.compiled.as_text().count("__cudnn$fmha")
     memory_after = device_memory()
-    memory = compiled_memory(compiled)
-    del state, batches, compiled, step_fn, layout
+    memory = compiled_memory(step.compiled)
+    facts = step.facts
+    del step
     gc.collect()
     jax.clear_caches()
 
-    step_time = statistics.median(times)
-    tokens_per_s = batch_size * seq_len / step_time
-    flops_per_token = flops_lib.training_flops_per_token(bert_config, seq_len, predictions, nsp=True)
-    peak, peak_source = flops_lib.peak_flops_per_device(args.peak_tflops * 1e12)
     device_peak = None
     if memory_after and "peak_bytes_in_use" in memory_after:
         # The allocator's peak is over the whole process: it is this row's own only if it grew here.
@@ -548,13 +524,10 @@ def time_train_step(args, preset: str, seq_len: int, predictions: int, batch_siz
         device_peak = {"peak_bytes_in_use": memory_after["peak_bytes_in_use"], "set_by_this_row": grew,
                        "bytes_limit": memory_after.get("bytes_limit")}
     return {
-        "tokens_per_s": tokens_per_s, "sequences_per_s": batch_size / step_time, "step_time_s": step_time,
-        "step_time_min_s": min(times), "mfu": tokens_per_s * flops_per_token / (peak * jax.device_count()),
-        "model_flops_per_token": flops_per_token, "peak_flops": peak, "peak_flops_source": peak_source,
-        "final_loss": loss, "compile_time_s": compile_time, "compiled_memory": memory,
-        "device_memory": device_peak, "cudnn_fmha_calls": fmha_calls,
+        **{k: v for k, v in figures.items() if k != "step_times_s"},
+        "compiled_memory": memory, "device_memory": device_peak, "cudnn_fmha_calls": fmha_calls,
         "dot_general_result_dtypes": facts["dot_general_result_dtypes"], "param_dtypes": facts["param_dtypes"],
-        "optimization_barriers": facts["optimization_barriers"], "devices": jax.device_count(),
+        "optimization_barriers": facts["optimization_barriers"],
         "device_kind": jax.devices()[0].device_kind,
     }
 

@@ -2,10 +2,10 @@
 
     python -m bert_jax.benchmark --model mini --seq_len 128 --batch_size 32 --steps 10 [--mesh 1,1,1]
 
-The step is the trainer's own (`bert_jax.train.jit_train_step`: sharded, state donated), compiled
-ahead of time as the trainer compiles it (`train.compile_train_step`, whose seconds are printed as
-compile_time_s) and timed per step from dispatch to `block_until_ready`, as the trainer times
-the step_time_s it logs, so both report the same tokens/s and MFU for the same run.
+The step is the trainer's own, compiled under the trainer's mesh and logical axis rules and timed
+per step from dispatch to `block_until_ready` (`bert_jax.step_timing`, which benchmarks/gpu_check.py
+times through too), as the trainer times the step_time_s it logs, so both report the same tokens/s
+and MFU for the same run; compile_time_s is the ahead-of-time compilation.
 
     python -m bert_jax.benchmark --model tiny --seq_len 128 --batch_size 32 --steps 40 --trainer
 
@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
-import time
 
 
 # Old dashed spellings: deprecated aliases.
@@ -57,57 +55,26 @@ def main(argv=None) -> dict:
                         help="peak FLOP/s per device for MFU (0: device table, else a measured fp32 matmul)")
     args = parser.parse_args(rewrite_deprecated(argv, DEPRECATED, "bert_jax.benchmark"))
 
-    import jax
-    from bert_jax import flops as flops_lib
-    from bert_jax import optim, sharding, train_utils
-    from bert_jax.config import BertConfig
-    from bert_jax.tasks.pretraining import PretrainingTask, SyntheticPretrainingIterator
-    from experiments import pretrain
+    from bert_jax import step_timing
+    from bert_jax.tasks.pretraining import PretrainingTask, synthetic_config
 
     # Google's max_predictions_per_seq: 20 at 128, 80 at 512; else 15% of the length, rounded up.
     predictions = args.max_predictions or {128: 20, 512: 80}.get(args.seq_len, math.ceil(0.15 * args.seq_len))
-    config = pretrain.get_config(f"{args.model},synthetic")
-    config.data.max_seq_length, config.data.max_predictions_per_seq = args.seq_len, predictions
+    config = synthetic_config(args.model, args.seq_len, predictions)
     config.model.update(dtype=args.dtype, remat=args.remat, scan_layers=args.scan_layers)
     data, fsdp, tensor = (int(x) for x in args.mesh.split(","))
     config.mesh.update(data=data, fsdp=fsdp, tensor=tensor, rules=args.rules)
-
-    bert_config = BertConfig(**config.model.to_dict())
-    task = PretrainingTask(config)
-    model = task.make_model(bert_config)
-    mesh = sharding.make_mesh(config.mesh)
     total_steps = args.warmup + args.steps
+    config.train.update(batch_size=args.batch_size, grad_accum_steps=args.grad_accum_steps, num_steps=10 * total_steps)
     config.optimizer.warmup_steps = total_steps  # the lr value does not change the cost of a step
-    tx = optim.make_optimizer(config.optimizer, total_steps=10 * total_steps)
-    schedule = optim.learning_rate_schedule(config.optimizer.learning_rate, total_steps, 10 * total_steps)
-    with jax.set_mesh(mesh):
-        layout = train_utils.state_layout(model, tx, mesh, sharding.axis_rules(args.rules), seed=0)
-        state = layout.fresh_state(tx, layout.init_params())
-        step_fn = train_utils.jit_train_step(task, model, tx, schedule, args.grad_accum_steps, mesh, layout)
-        data_iter = SyntheticPretrainingIterator(config.data, args.batch_size, bert_config.vocab_size, seed=0)
-        batches = [sharding.make_global_batch(next(data_iter), mesh) for _ in range(2)]
-        step_fn, compile_time, _ = train_utils.compile_train_step(step_fn, state, batches[0])
-        times = []
-        for i in range(total_steps):
-            start = time.perf_counter()
-            state, metrics = step_fn(state, batches[i % 2])
-            jax.block_until_ready(metrics)
-            if i >= args.warmup:
-                times.append(time.perf_counter() - start)
-        loss = float(metrics["loss"])
 
-    step_time = statistics.median(times)
-    tokens_per_s = args.batch_size * args.seq_len / step_time
-    flops_per_token = flops_lib.training_flops_per_token(bert_config, args.seq_len, predictions, nsp=True)
-    peak, peak_source = flops_lib.peak_flops_per_device(args.peak_flops)
+    step = step_timing.compile_step(config, PretrainingTask(config), args.batch_size)
+    figures = step_timing.time_train_step(step, args.steps, args.warmup, args.peak_flops)
     result = {
         "model": args.model, "seq_len": args.seq_len, "batch_size": args.batch_size, "steps": args.steps,
-        "masked_predictions": predictions, "dtype": args.dtype, "mesh": dict(mesh.shape), "rules": args.rules,
-        "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
-        "tokens_per_s": tokens_per_s, "step_time_s": step_time, "step_time_min_s": min(times),
-        "model_flops_per_token": flops_per_token,
-        "mfu": tokens_per_s * flops_per_token / (peak * jax.device_count()),
-        "peak_flops": peak, "peak_flops_source": peak_source, "final_loss": loss, "compile_time_s": compile_time,
+        "masked_predictions": predictions, "dtype": args.dtype, "mesh": dict(step.run.mesh.shape), "rules": args.rules,
+        "device_kind": step.run.mesh.devices.flat[0].device_kind,
+        **{k: v for k, v in figures.items() if k not in ("step_times_s", "sequences_per_s")},
     }
     if args.trainer:
         result["trainer_tokens_per_s"] = _trainer_tokens_per_s(config, args, total_steps)
@@ -121,13 +88,12 @@ def _trainer_tokens_per_s(config, args, steps: int) -> dict:
     alternating `--trainer_repeats` times (neither first). Each run's figure is the median over
     its logged steps after the warm-up; the result holds every run, the median of each variant's
     runs, and their relative gap (eval_and_checkpoints / neither - 1)."""
-    import json as json_lib
     import os
-    import pathlib
     import statistics as stats
     import tempfile
 
     from bert_jax import train
+    from bert_jax import workdir as run_files
 
     variants = (("neither", 0), ("eval_and_checkpoints", 10))
     runs = []
@@ -143,7 +109,7 @@ def _trainer_tokens_per_s(config, args, steps: int) -> dict:
             load = os.getloadavg()  # other work on the machine shows in the figures: recorded per run
             with tempfile.TemporaryDirectory() as workdir:
                 train.train_and_evaluate(c, workdir)
-                rows = [json_lib.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+                rows = run_files.read_metrics(workdir)
             train_rows = [r for r in rows if r["split"] == "train"]
             runs.append({"variant": name,
                          "tokens_per_s": stats.median(r["tokens_per_s"] for r in train_rows if r["step"] > args.warmup),

@@ -8,7 +8,10 @@
 - A workdir that holds a checkpoint resumes from the newest complete one (params, optimizer,
   step, RNG, input position), with no flag. `config.init_from` instead warm-starts the weights of
   a fresh run from a pretrained model (google-research/bert#632: not the same as resuming).
-- SIGTERM saves a checkpoint at the current step and returns (exit code 0 from main).
+- SIGTERM, or a first Ctrl-C, saves a checkpoint at the current step and returns (exit code 0
+  from main); a second Ctrl-C aborts. An error in the loop first finishes the save in flight, then
+  names the newest checkpoint on disk. The final save comes before the final evaluation.
+- One run per workdir: process 0 holds <workdir>/run.lock (bert_jax.workdir_lock) for the run.
 - A non-finite loss or gradient norm never reaches the params; `config.train.nonfinite_policy`
   says whether the run halts ("halt") or skips that update and counts it ("skip").
 - Outputs in the workdir: config.json (the resolved config of the newest start), model_config.json
@@ -36,13 +39,15 @@ from etils import epath
 from flax import linen as nn
 
 from bert_jax import flops as flops_lib
-from bert_jax import run_checkpoints, sharding, train_utils
+from bert_jax import representation, run_checkpoints, sharding, train_utils
 from bert_jax import workdir as run_files
+from bert_jax.batch_checks import check_index_ranges
 from bert_jax.metrics_logging import MetricsWriter, ProgressBar
 from bert_jax.predict import Predictor, check_token_ids
 from bert_jax.run_checkpoints import RunCheckpointer
 from bert_jax.run_config import resolve_config, validate
 from bert_jax.train_utils import checkpoint_config, compile_train_step
+from bert_jax.workdir_lock import WorkdirLock
 
 log = logging.getLogger("bert_jax.train")
 
@@ -55,11 +60,13 @@ class NonFiniteError(FloatingPointError):
 
 
 class _SigtermFlag:
-    """Set by SIGTERM; the loop checks it after every step (one host: a flag is enough)."""
+    """Set by SIGTERM or a first Ctrl-C (SIGINT); the loop checks it after every step (one host: a
+    flag is enough). A second Ctrl-C raises KeyboardInterrupt: the user wants out now."""
 
     def __init__(self):
         self.raised = False
         self._previous = None
+        self._previous_int = None
 
     def __enter__(self):
         if jax.process_count() > 1:
@@ -68,17 +75,75 @@ class _SigtermFlag:
             return self
         try:
             self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._previous_int = signal.signal(signal.SIGINT, self._handle_int)
         except ValueError:  # not the main thread: no handler, no preemption support
-            self._previous = None
+            self._previous = self._previous_int = None
         return self
 
     def _handle(self, signum, frame):
         log.warning("SIGTERM: saving a checkpoint at the end of this step, then exiting")
         self.raised = True
 
+    def _handle_int(self, signum, frame):
+        if self.raised:
+            raise KeyboardInterrupt("second Ctrl-C: aborting without saving")
+        log.warning("Ctrl-C: saving a checkpoint at the end of this step, then exiting (Ctrl-C again aborts)")
+        self.raised = True
+
     def __exit__(self, *exc):
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+        if self._previous_int is not None:
+            signal.signal(signal.SIGINT, self._previous_int)
+
+
+class _FinishSaveOnError:
+    """An error in the loop (a non-finite loss, a bad batch, an evaluation error) first finishes
+    the async save in flight, so its checkpoint is kept rather than left as a temporary directory,
+    then names the newest checkpoint on disk. A second Ctrl-C (KeyboardInterrupt) does not wait:
+    orbax's commit is atomic, so older checkpoints are intact either way."""
+
+    def __init__(self, checkpointer, step_fn):
+        self.checkpointer, self.step_fn = checkpointer, step_fn
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            return False
+        if not issubclass(exc_type, KeyboardInterrupt):
+            try:
+                self.checkpointer.wait_until_finished()
+            except Exception as e:  # the save itself failed: report it, raise the first error
+                log.error("the checkpoint being written could not be finished: %s", e)
+        try:
+            newest = self.checkpointer.newest_on_disk()
+        except Exception:
+            newest = None
+        log.error("stopped at step %d by %s; newest checkpoint on disk: %s", self.step_fn(), exc_type.__name__,
+                  newest or "none" + ("" if newest else " (a rerun starts from step 0)"))
+        return False
+
+
+class _SkipWatch:
+    """nonfinite_policy='skip': warns on every skipped step and halts after `limit` in a row (a run
+    that skips every step trains nothing, and must not end as if it had)."""
+
+    def __init__(self, limit: int, skipped_so_far: int):
+        self.limit, self.seen, self.in_a_row = limit, skipped_so_far, 0
+
+    def after_step(self, step: int, skipped_total: int) -> None:
+        if skipped_total == self.seen:
+            self.in_a_row = 0
+            return
+        self.seen, self.in_a_row = skipped_total, self.in_a_row + 1
+        log.warning("step %d: non-finite loss or gradient norm, update skipped (%d in a row, %d in all; "
+                    "config.train.nonfinite_policy='skip')", step, self.in_a_row, skipped_total)
+        if self.in_a_row >= self.limit:
+            raise NonFiniteError(
+                f"{self.in_a_row} steps in a row up to step {step} had a non-finite loss or gradient norm and were "
+                f"skipped (config.train.nonfinite_skip_limit={self.limit}); lower the learning rate or check the data")
 
 
 def _preempted(flag: _SigtermFlag, step: int) -> bool:
@@ -125,7 +190,17 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None, devices=No
 
     Everything that can refuse the run (config, data files, vocab, checkpoint architecture, mesh)
     is checked before the workdir gets anything. `config` itself is not changed: the run uses
-    `resolve_config(config, ...)`, which config.json (written before step 1) records."""
+    `resolve_config(config, ...)`, which config.json (written before step 1) records. Process 0
+    holds the workdir's lock from just before its first write to the end (WorkdirLocked if
+    another run holds it)."""
+    lock = WorkdirLock(os.fspath(workdir), enabled=jax.process_index() == 0)
+    try:
+        return _train_and_evaluate(config, workdir, task, devices, return_state, lock)
+    finally:
+        lock.release()
+
+
+def _train_and_evaluate(config, workdir, task, devices, return_state: bool, lock: WorkdirLock):
     from bert_jax.tasks import make_task
 
     validate(config)
@@ -151,13 +226,21 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None, devices=No
         pretrained = train_utils.merge_pretrained(run.layout.abstract_state.params,
                                                   train_utils.load_init_from(config.init_from), config.init_from)
 
-    # ---- the workdir: the run's record first, then checkpoints and metrics
+    # ---- the workdir: held by this run alone; restored from (verified, falling back past a damaged
+    # step) before anything is written, then the run's record, then metrics
+    lock.acquire()
     workdir.mkdir(parents=True, exist_ok=True)
+    checkpointer = RunCheckpointer(workdir, config.checkpoint, task.main_metric,
+                                   getattr(task, "higher_is_better", True))
+    restored = None
+    if latest is not None:
+        with jax.set_mesh(mesh), nn.logical_axis_rules(run.rules):
+            restored = checkpointer.restore_newest(run.layout.abstract_state,
+                                                   restart_data_order=bool(tc.restart_data_order))
+        latest = None if restored is None else restored[0]
     if is_main:
         run_files.record_run(workdir, config.to_dict(), bert_config, run.model, getattr(task, "label_names", None),
                              latest, process_count, jax.device_count())
-    checkpointer = RunCheckpointer(workdir, config.checkpoint, task.main_metric,
-                                   getattr(task, "higher_is_better", True))
     # Rows after the restored step belong to steps that will run again: cut them.
     writer = MetricsWriter(workdir, enabled=is_main, tensorboard=bool(config.logging.tensorboard),
                            resume_step=latest or 0)
@@ -171,10 +254,10 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None, devices=No
     # split instead of leaving them to XLA's propagation.
     with jax.set_mesh(mesh), nn.logical_axis_rules(run.rules):
         meta: dict = {}
-        if latest is not None:
-            # ---- resume: everything from the newest complete checkpoint
-            state, iterator_state, meta = checkpointer.restore(
-                latest, run.layout.abstract_state, restart_data_order=bool(tc.restart_data_order))
+        if restored is not None:
+            # ---- resume: everything from the newest intact checkpoint
+            _, state, iterator_state, meta = restored
+            restored = None
             if train_iter is not None and iterator_state is not None:
                 train_iter.set_state(iterator_state)
             log.info("resumed from %s at step %d", checkpointer.directory / str(latest), latest)
@@ -218,6 +301,9 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None, devices=No
             if metrics:
                 writer.write(step, "eval", metrics)
                 best = _update_best(best, metrics, step, task)
+                collapsed = representation.collapse_warning(metrics)
+                if collapsed and is_main:
+                    log.warning("step %d: %s", step, collapsed)
             clock.add("eval", time.perf_counter() - start)
             return metrics
 
@@ -232,23 +318,28 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None, devices=No
             clock.add("checkpoint", time.perf_counter() - start)
 
         preempted = False
-        with _SigtermFlag() as sigterm:
+        keep_save = _FinishSaveOnError(checkpointer, lambda: step)
+        skips = _SkipWatch(int(tc.get("nonfinite_skip_limit", 10)), int(jax.device_get(state.nonfinite_steps)))
+        with _SigtermFlag() as sigterm, keep_save:
             stop_at = int(tc.stop_at_step) or total_steps
             while step < min(total_steps, stop_at):
                 data_start = time.perf_counter()
                 host_batch = next(train_iter)
                 check_token_ids(host_batch, bert_config.vocab_size, f"step {step + 1}")
+                check_index_ranges(host_batch, bert_config.type_vocab_size, f"step {step + 1}")
                 batch = sharding.make_global_batch(host_batch, mesh)
                 step_start = time.perf_counter()
                 clock.add("data_wait", step_start - data_start)
                 if compiled_step is None:  # compiled once per process start, timed on its own
-                    compiled_step, compile_time_s, step_facts = compile_train_step(train_step, state, batch)
+                    compiled_step, compile_time_s, step_facts, _ = compile_train_step(train_step, state, batch)
                     log.info("train step compiled in %.2f s: %s", compile_time_s, step_facts)
                     step_start = time.perf_counter()
                 state, metrics = compiled_step(state, batch)
                 jax.block_until_ready(metrics)  # the step's time ends when its results exist
                 clock.add("step", time.perf_counter() - step_start)
                 step += 1
+                if tc.nonfinite_policy == "skip":
+                    skips.after_step(step, int(jax.device_get(state.nonfinite_steps)))
                 clock.steps += 1
                 if flops_per_token is None:
                     seq_len = int(batch["input_ids"].shape[1])
@@ -291,10 +382,17 @@ def train_and_evaluate(config, workdir: str | os.PathLike, task=None, devices=No
         bar.close()
 
         if not preempted:
-            check_finite_policy()
-            eval_metrics = evaluate()
-            if total_steps > 0 and checkpointer.latest_step() != step:
-                save(metrics=eval_metrics or None, force=True)
+            with keep_save:
+                check_finite_policy()
+                skipped = int(jax.device_get(state.nonfinite_steps))
+                if total_steps > 0 and step > 0 and skipped >= step:
+                    raise NonFiniteError(f"all {step} steps had a non-finite loss or gradient norm and were skipped "
+                                         f"(config.train.nonfinite_policy='skip'): nothing was trained")
+                # Saved before the final evaluation, so an evaluation error never costs the trained model.
+                # No metrics: keep-last-K keeps it; the final evaluation's metrics are in results.json.
+                if total_steps > 0 and checkpointer.latest_step() != step:
+                    save(force=True)
+                eval_metrics = evaluate()
         checkpointer.wait_until_finished()
         checkpointer.close()
         writer.close()

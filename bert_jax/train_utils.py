@@ -268,7 +268,8 @@ def jit_train_step(task, model, tx, schedule, grad_accum_steps: int, mesh, layou
 
 
 def compile_train_step(train_step, state, batch):
-    """Lowers and compiles the jitted step ahead of time: (compiled step, compile seconds, facts).
+    """Lowers and compiles the jitted step ahead of time: (compiled step, compile seconds, facts,
+    the lowered program's StableHLO text).
 
     The facts are what the compiled program computes with, read from the lowered StableHLO:
     the dtypes of the params it takes, the result dtypes of its matmuls (dot_general), its
@@ -278,7 +279,8 @@ def compile_train_step(train_step, state, batch):
     lowered = train_step.lower(state, batch)
     compiled = lowered.compile()
     seconds = time.perf_counter() - start
-    return compiled, seconds, compiled_step_facts(lowered.as_text(), state.params)
+    text = lowered.as_text()
+    return compiled, seconds, compiled_step_facts(text, state.params), text
 
 
 def compiled_step_facts(stablehlo_text: str, params) -> dict:

@@ -314,5 +314,21 @@ class PretrainingTask(Task):
         return load_tokenizer(vocab_file).special_ids
 
 
+def synthetic_config(preset: str, seq_len: int, max_predictions: int):
+    """A whole pretraining config on synthetic batches (for benchmarks): the run defaults, the
+    model preset, the data defaults at this length, and the task fields this module reads."""
+    from bert_jax.config import BertConfig
+    from bert_jax.run_config import default_config
+    from data_pipelines.input_pipeline import default_data_config
+
+    config = default_config()
+    config.model = ml_collections.ConfigDict(BertConfig.preset(preset).to_dict())
+    config.data = default_data_config()
+    config.data.max_seq_length, config.data.max_predictions_per_seq = seq_len, max_predictions
+    config.task = ml_collections.ConfigDict(dict(name="pretraining", objective="masked_lm", synthetic_data=True,
+                                                 eval_input_files="", num_eval_batches=0))
+    return config
+
+
 def make_pretraining_task(config) -> PretrainingTask:
     return PretrainingTask(config)
