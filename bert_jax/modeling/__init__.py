@@ -14,10 +14,12 @@ from bert_jax.modeling.models import (
     BertForSequenceClassification,
     BertForTokenClassification,
     BertModel,
+    BertWithHead,
 )
 
 __all__ = [
     "BertModel",
+    "BertWithHead",
     "BertForPreTraining",
     "BertForSequenceClassification",
     "BertForTokenClassification",

@@ -1,6 +1,18 @@
-"""Pooler and task heads. Every head returns float32 logits whatever the compute dtype."""
+"""Pooler and task heads. Every head returns float32 logits whatever the compute dtype.
+
+A task head (`PreTrainingHead`, `ClassifierHead`, `SpanHead`; the BiLSTM ones in `bilstm_heads`)
+is composed onto the one encoder by `models.BertWithHead`, as flaxformer composes
+`BertClassifier(encoder, pooler, classifier_head)`. It is called as
+
+    head(encoder, inputs, deterministic, **head_inputs) -> {**encoder outputs, "logits": ...}
+
+with `encoder` the bound BertModel and `inputs` an `EncoderInputs`, so the head decides how the
+encoder runs (which rows the last layer computes, whether hidden states are returned).
+"""
 
 from __future__ import annotations
+
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +20,23 @@ from flax import linen as nn
 
 from bert_jax.config import BertConfig
 from bert_jax.modeling.common import activation, compute_dtype, dense, layer_norm, param_dtype, zeros_init
+from bert_jax.modeling.dropout import Dropout
+
+
+class EncoderInputs(NamedTuple):
+    """The [batch, length] int inputs of every model, in BertModel's argument order (all but
+    input_ids optional): `encoder(*inputs, deterministic=...)`."""
+
+    input_ids: jax.Array
+    token_type_ids: Optional[jax.Array] = None
+    attention_mask: Optional[jax.Array] = None
+    position_ids: Optional[jax.Array] = None
+    packed_segment_ids: Optional[jax.Array] = None
+
+
+def check_positions(name: str, positions, input_ids) -> None:
+    if positions.ndim != 2 or positions.shape[0] != input_ids.shape[0]:
+        raise ValueError(f"{name} must be [batch, P] with batch {input_ids.shape[0]}, found {tuple(positions.shape)}")
 
 
 class BertPooler(nn.Module):
@@ -70,6 +99,56 @@ class PreTrainingHeads(nn.Module):
         mlm_logits = MaskedLMHead(self.config, name="predictions")(sequence_output, word_embeddings)
         nsp_logits = logits_dense(self.config, 2, "seq_relationship")(pooled_output)
         return mlm_logits, nsp_logits
+
+
+class PreTrainingHead(nn.Module):
+    """-> mlm_logits ([batch, P, vocab] at masked_positions, or [batch, length, vocab]) and
+    nsp_logits [batch, 2] (`cls/`).
+
+    With masked_positions, the heads read only those rows and the pooled one, so the encoder's
+    last layer computes only them (BertModel's output_positions) and sequence_output is
+    [batch, P, embed], the rows at masked_positions; without, every position is computed.
+    """
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, encoder, inputs: EncoderInputs, deterministic: bool,
+                 masked_positions: jax.Array | None = None) -> dict[str, jax.Array]:
+        if masked_positions is not None:
+            check_positions("masked_positions", masked_positions, inputs.input_ids)
+        out = encoder(*inputs, deterministic=deterministic, output_positions=masked_positions)
+        mlm_logits, nsp_logits = PreTrainingHeads(self.config, name="cls")(
+            out["sequence_output"], out["pooled_output"], encoder.word_embedding_table())
+        return {**out, "mlm_logits": mlm_logits, "nsp_logits": nsp_logits}
+
+
+class ClassifierHead(nn.Module):
+    """dropout + dense (`classifier/`): on the pooled output -> logits [batch, num_labels]
+    (1 = regression), or with per_token on every row -> logits [batch, length, num_labels]."""
+
+    config: BertConfig
+    num_labels: int
+    per_token: bool = False
+
+    @nn.compact
+    def __call__(self, encoder, inputs: EncoderInputs, deterministic: bool) -> dict[str, jax.Array]:
+        out = encoder(*inputs, deterministic=deterministic)
+        x = out["sequence_output"] if self.per_token else out["pooled_output"]
+        x = Dropout(rate=self.config.hidden_dropout_prob)(x, deterministic=deterministic)
+        return {**out, "logits": logits_dense(self.config, self.num_labels, "classifier")(x)}
+
+
+class SpanHead(nn.Module):
+    """Span prediction: dense(2) (`qa_outputs/`) on every row -> start_logits, end_logits [batch, length]."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, encoder, inputs: EncoderInputs, deterministic: bool) -> dict[str, jax.Array]:
+        out = encoder(*inputs, deterministic=deterministic)
+        logits = logits_dense(self.config, 2, "qa_outputs")(out["sequence_output"])  # [batch, length, 2]
+        return {**out, "start_logits": logits[..., 0], "end_logits": logits[..., 1]}
 
 
 # The layer combinations of the paper's Table 7 (feature-based NER), by config.task.features.

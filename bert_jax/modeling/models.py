@@ -1,4 +1,4 @@
-"""The BERT models: the encoder (BertModel) and the encoder with each task head.
+"""The BERT models: the encoder (BertModel) and the encoder with each task head (BertWithHead).
 
 All take input_ids, token_type_ids, attention_mask, position_ids, packed_segment_ids
 ([batch, length] int arrays; all but input_ids optional) and `deterministic` (False needs
@@ -13,12 +13,11 @@ from flax import linen as nn
 
 from bert_jax.config import BertConfig
 from bert_jax.modeling.attention import make_attention_mask
-from bert_jax.modeling.common import dense, param_dtype
-from bert_jax.modeling.dropout import Dropout
+from bert_jax.modeling.bilstm_heads import BiLSTMHead
 from bert_jax.modeling.embeddings import BertEmbeddings
 from bert_jax.modeling.encoder import BertEncoder
-from bert_jax.modeling.heads import BertPooler, LayerFeatures, PreTrainingHeads, logits_dense
-from bert_jax.modeling.recurrent import BiLSTM, lengths_from_mask
+from bert_jax.modeling.heads import (BertPooler, ClassifierHead, EncoderInputs, PreTrainingHead, SpanHead,
+                                     check_positions)
 
 
 def _check_inputs(config: BertConfig, input_ids, **others) -> None:
@@ -35,11 +34,6 @@ def _check_inputs(config: BertConfig, input_ids, **others) -> None:
             raise ValueError(
                 f"{name} must have the shape of input_ids {tuple(input_ids.shape)}, found {tuple(value.shape)}"
             )
-
-
-def _check_positions(name: str, positions, input_ids) -> None:
-    if positions.ndim != 2 or positions.shape[0] != input_ids.shape[0]:
-        raise ValueError(f"{name} must be [batch, P] with batch {input_ids.shape[0]}, found {tuple(positions.shape)}")
 
 
 def _pool_position(config: BertConfig, input_ids, attention_mask, packed_segment_ids) -> jax.Array:
@@ -110,7 +104,7 @@ class BertModel(nn.Module):
             return {"sequence_output": sequence_output, "pooled_output": self.pooler(pool_rows), **hidden}
         if output_hidden_states:
             raise ValueError("BertModel: output_hidden_states needs every position; pass output_positions=None")
-        _check_positions("output_positions", output_positions, input_ids)
+        check_positions("output_positions", output_positions, input_ids)
         pool_first = jnp.concatenate([pool_position.astype(output_positions.dtype), output_positions], axis=1)
         rows = self.encoder(x, mask, deterministic, pool_first)  # [batch, 1 + Q, embed]
         return {"sequence_output": rows[:, 1:], "pooled_output": self.pooler(rows)}
@@ -119,192 +113,98 @@ class BertModel(nn.Module):
         return self.embeddings.word_embedding_table()
 
 
-class BertForPreTraining(nn.Module):
-    """Adds mlm_logits ([batch, P, vocab] at masked_positions, or [batch, length, vocab]) and
-    nsp_logits [batch, 2].
+class BertWithHead(nn.Module):
+    """One encoder (BertModel, `bert/`) with a task head composed onto it, as flaxformer's
+    `BertClassifier(encoder, pooler, classifier_head)`; each model below only names its head.
 
-    With masked_positions, the heads read only those rows and [CLS], so the encoder's last layer
-    computes only them (BertModel's output_positions) and sequence_output is [batch, P, embed],
-    the rows at masked_positions; without, every position is computed.
+    `nn.share_scope` puts the head's params at the top level (`cls/`, `classifier/`,
+    `qa_outputs/`, `bilstm/`, `feature_mix/`), the layout of Google's and Hugging Face's
+    checkpoints, so importers and exporters stay tables of renames.
+    Called as every model is (module docstring); extra keywords go to the head.
     """
 
     config: BertConfig
 
-    @nn.compact
-    def __call__(
-        self,
-        input_ids,
-        token_type_ids=None,
-        attention_mask=None,
-        position_ids=None,
-        packed_segment_ids=None,
-        deterministic: bool = True,
-        masked_positions: jax.Array | None = None,  # [batch, P]
-    ) -> dict[str, jax.Array]:
-        if masked_positions is not None:
-            _check_positions("masked_positions", masked_positions, input_ids)
-        bert = BertModel(self.config, name="bert")
-        out = bert(input_ids, token_type_ids, attention_mask, position_ids, packed_segment_ids, deterministic,
-                   output_positions=masked_positions)
-        mlm_logits, nsp_logits = PreTrainingHeads(self.config, name="cls")(
-            out["sequence_output"], out["pooled_output"], bert.word_embedding_table()
-        )
-        return {**out, "mlm_logits": mlm_logits, "nsp_logits": nsp_logits}
+    def make_head(self) -> nn.Module:
+        raise NotImplementedError(f"{type(self).__name__} must say which head it has (make_head)")
+
+    def setup(self):
+        self.bert = BertModel(self.config)
+        self.head = self.make_head()
+        nn.share_scope(self, self.head)
+
+    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None,
+                 packed_segment_ids=None, deterministic: bool = True, **head_inputs) -> dict[str, jax.Array]:
+        inputs = EncoderInputs(input_ids, token_type_ids, attention_mask, position_ids, packed_segment_ids)
+        return self.head(self.bert, inputs, deterministic, **head_inputs)
 
 
-class BertForSequenceClassification(nn.Module):
+class BertForPreTraining(BertWithHead):
+    """Adds mlm_logits ([batch, P, vocab] at `masked_positions` [batch, P], or [batch, length,
+    vocab]) and nsp_logits [batch, 2]; see heads.PreTrainingHead."""
+
+    def make_head(self):
+        return PreTrainingHead(self.config)
+
+
+class BertForSequenceClassification(BertWithHead):
     """dropout + dense on the pooled output -> logits [batch, num_labels] (1 = regression)."""
 
-    config: BertConfig
     num_labels: int = 2
 
-    @nn.compact
-    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None,
-                 packed_segment_ids=None, deterministic: bool = True) -> dict[str, jax.Array]:
-        out = BertModel(self.config, name="bert")(
-            input_ids, token_type_ids, attention_mask, position_ids, packed_segment_ids, deterministic
-        )
-        pooled = Dropout(rate=self.config.hidden_dropout_prob)(out["pooled_output"], deterministic=deterministic)
-        return {**out, "logits": logits_dense(self.config, self.num_labels, "classifier")(pooled)}
+    def make_head(self):
+        return ClassifierHead(self.config, self.num_labels)
 
 
-class BertForTokenClassification(nn.Module):
+class BertForTokenClassification(BertWithHead):
     """dropout + dense on every token -> logits [batch, length, num_labels]."""
 
-    config: BertConfig
     num_labels: int = 2
 
-    @nn.compact
-    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None,
-                 packed_segment_ids=None, deterministic: bool = True) -> dict[str, jax.Array]:
-        out = BertModel(self.config, name="bert")(
-            input_ids, token_type_ids, attention_mask, position_ids, packed_segment_ids, deterministic
-        )
-        seq = Dropout(rate=self.config.hidden_dropout_prob)(out["sequence_output"], deterministic=deterministic)
-        return {**out, "logits": logits_dense(self.config, self.num_labels, "classifier")(seq)}
+    def make_head(self):
+        return ClassifierHead(self.config, self.num_labels, per_token=True)
 
 
-class BertForQuestionAnswering(nn.Module):
+class BertForQuestionAnswering(BertWithHead):
     """Span prediction: dense(2) on every token -> start_logits, end_logits [batch, length]."""
 
-    config: BertConfig
-
-    @nn.compact
-    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None,
-                 packed_segment_ids=None, deterministic: bool = True) -> dict[str, jax.Array]:
-        out = BertModel(self.config, name="bert")(
-            input_ids, token_type_ids, attention_mask, position_ids, packed_segment_ids, deterministic
-        )
-        logits = logits_dense(self.config, 2, "qa_outputs")(out["sequence_output"])  # [batch, length, 2]
-        return {**out, "start_logits": logits[..., 0], "end_logits": logits[..., 1]}
+    def make_head(self):
+        return SpanHead(self.config)
 
 
-# ---- BiLSTM heads (the paper's Tables 5 and 7). No transformers class holds them: their runs
-# cannot be exported as Hugging Face / Google checkpoints (bert_jax.convert refuses them).
+class BertBiLSTMForTokenClassification(BertWithHead):
+    """BERT, a BiLSTM, then dense per token -> logits [batch, length, num_labels]: fine-tuned
+    (features="", Table 5 "+ BiLSTM") or feature-based (features=<heads.FEATURE_MODES>, Table 7;
+    the NER task refuses one that does not freeze the encoder). See bilstm_heads.BiLSTMHead."""
 
-
-def _bilstm_lengths(input_ids, attention_mask, packed_segment_ids) -> jax.Array:
-    if packed_segment_ids is not None:
-        raise ValueError("the BiLSTM heads read one sequence per row; packed_segment_ids is not supported")
-    if attention_mask is None:
-        return jnp.full(input_ids.shape[:1], input_ids.shape[1], jnp.int32)
-    return lengths_from_mask(attention_mask)
-
-
-def _bilstm(config: BertConfig, hidden_size: int, num_layers: int) -> BiLSTM:
-    return BiLSTM(hidden_size=hidden_size, num_layers=num_layers, param_dtype=param_dtype(config), name="bilstm")
-
-
-def _bilstm_classifier(config: BertConfig, num_labels: int) -> nn.Module:
-    # float32 logits; the input is the BiLSTM's 2 * hidden features, not `embed` (no logical axis).
-    return dense(config, num_labels, (None, None), "classifier", dtype=jnp.float32)
-
-
-def _encoder_then_bilstm(module: nn.Module, input_ids, token_type_ids, attention_mask, position_ids,
-                         packed_segment_ids, deterministic: bool, features: str = ""):
-    """BERT (`bert/`), dropout, then the BiLSTM (`bilstm/`) as submodules of `module` (called from
-    its compact __call__) -> (BERT's outputs, BiLSTM outputs [batch, length, 2H], final states [batch, 2H]).
-
-    features="": the BiLSTM reads the last layer and everything trains. features=<mode>: the
-    encoder runs deterministically, its hidden states pass through stop_gradient and are combined
-    by LayerFeatures (`feature_mix/`) for the BiLSTM to read."""
-    lengths = _bilstm_lengths(input_ids, attention_mask, packed_segment_ids)
-    bert = BertModel(module.config, name="bert")
-    if features:
-        out = bert(input_ids, token_type_ids, attention_mask, position_ids, packed_segment_ids,
-                   deterministic=True, output_hidden_states=True)
-        x = LayerFeatures(features, name="feature_mix")(jax.lax.stop_gradient(out.pop("hidden_states")))
-    else:
-        out = bert(input_ids, token_type_ids, attention_mask, position_ids, packed_segment_ids, deterministic)
-        x = out["sequence_output"]
-    x = Dropout(rate=module.config.hidden_dropout_prob)(x, deterministic=deterministic)
-    seq, final = _bilstm(module.config, module.bilstm_hidden_size, module.bilstm_layers)(x, lengths)
-    return out, seq, final
-
-
-class BertBiLSTMForTokenClassification(nn.Module):
-    """BERT, then a randomly initialised BiLSTM (`bilstm/`, bert_jax.modeling.recurrent), then a
-    dense layer per token -> logits [batch, length, num_labels].
-
-    features="" (fine-tuning, the paper's Table 5 "+ BiLSTM"): the BiLSTM reads the last layer
-    (dropout before and after it) and the whole model trains.
-    features=<one of heads.FEATURE_MODES> (feature-based, Table 7, ELMo-style): the encoder runs
-    deterministically (no dropout) and returns every hidden state; those pass through
-    stop_gradient (no backward pass runs through the encoder), are combined by LayerFeatures
-    (`feature_mix/`), then dropout, the BiLSTM, dropout and the classifier. The encoder's params
-    must also be frozen in the optimizer (config.optimizer.frozen_params), else weight decay
-    would still move them; the NER task refuses a feature-based run that does not freeze them.
-    The real tokens of a row are the first ones (attention_mask 1, then padding).
-    """
-
-    config: BertConfig
     num_labels: int = 2
     bilstm_hidden_size: int = 768
     bilstm_layers: int = 2
     features: str = ""
 
-    @nn.compact
-    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None,
-                 packed_segment_ids=None, deterministic: bool = True) -> dict[str, jax.Array]:
-        out, seq, _ = _encoder_then_bilstm(self, input_ids, token_type_ids, attention_mask, position_ids,
-                                           packed_segment_ids, deterministic, self.features)
-        seq = Dropout(rate=self.config.hidden_dropout_prob)(seq, deterministic=deterministic)
-        return {**out, "logits": _bilstm_classifier(self.config, self.num_labels)(seq)}
+    def make_head(self):
+        return BiLSTMHead(self.config, self.num_labels, "tokens", self.bilstm_hidden_size, self.bilstm_layers,
+                          self.features)
 
 
-class BertBiLSTMForSequenceClassification(nn.Module):
-    """BERT, then a randomly initialised BiLSTM over the last layer (the paper's Table 5 "+ BiLSTM"),
-    then dense on concat(the forward state after the last real token, the backward state after
-    the first) -> logits [batch, num_labels] (1 = regression). Dropout before the BiLSTM and
-    before the classifier; the pooler is not used."""
+class BertBiLSTMForSequenceClassification(BertWithHead):
+    """BERT, a BiLSTM over the last layer (Table 5 "+ BiLSTM"), then dense on its final states ->
+    logits [batch, num_labels] (1 = regression). See bilstm_heads.BiLSTMHead."""
 
-    config: BertConfig
     num_labels: int = 2
     bilstm_hidden_size: int = 768
     bilstm_layers: int = 2
 
-    @nn.compact
-    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None,
-                 packed_segment_ids=None, deterministic: bool = True) -> dict[str, jax.Array]:
-        out, _, final = _encoder_then_bilstm(self, input_ids, token_type_ids, attention_mask, position_ids,
-                                           packed_segment_ids, deterministic)
-        final = Dropout(rate=self.config.hidden_dropout_prob)(final, deterministic=deterministic)
-        return {**out, "logits": _bilstm_classifier(self.config, self.num_labels)(final)}
+    def make_head(self):
+        return BiLSTMHead(self.config, self.num_labels, "sequence", self.bilstm_hidden_size, self.bilstm_layers)
 
 
-class BertBiLSTMForQuestionAnswering(nn.Module):
-    """BERT, then a randomly initialised BiLSTM (`bilstm/`), then dense(2) on every token ->
-    start_logits, end_logits [batch, length]: the paper's Table 5 "+ BiLSTM" on SQuAD (fine-tuned
-    end to end; the real tokens of a row are the first ones)."""
+class BertBiLSTMForQuestionAnswering(BertWithHead):
+    """BERT, a BiLSTM, then dense(2) on every token -> start_logits, end_logits [batch, length]:
+    Table 5 "+ BiLSTM" on SQuAD. See bilstm_heads.BiLSTMHead."""
 
-    config: BertConfig
     bilstm_hidden_size: int = 768
     bilstm_layers: int = 2
 
-    @nn.compact
-    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None,
-                 packed_segment_ids=None, deterministic: bool = True) -> dict[str, jax.Array]:
-        out, seq, _ = _encoder_then_bilstm(self, input_ids, token_type_ids, attention_mask, position_ids,
-                                         packed_segment_ids, deterministic)
-        logits = _bilstm_classifier(self.config, 2)(seq)  # [batch, length, 2]
-        return {**out, "start_logits": logits[..., 0], "end_logits": logits[..., 1]}
+    def make_head(self):
+        return BiLSTMHead(self.config, 2, "span", self.bilstm_hidden_size, self.bilstm_layers)
