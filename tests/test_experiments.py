@@ -120,10 +120,3 @@ def test_ablation_file_plans_only_valid_stages(path, arg, tmp_path, monkeypatch)
     paper = sweep.get("paper")
     if paper:  # every paper row is a variant, and ours fill at least one paper column
         assert set(paper["rows"]) <= set(sweep["variants"]) and paper["ours"], path.name
-
-
-def test_a_misspelled_override_is_an_error():
-    config = import_file(REPO / "experiments/pretrain.py").get_config("tiny")
-    config.lock()
-    with pytest.raises(AttributeError, match="batch_sise"):
-        config.train.batch_sise = 8
