@@ -6,7 +6,9 @@
   on the shardings that the model's logical axis names and the rules give);
 - the step: `make_train_step` (one optimizer update, micro-batches a scan inside it),
   `jit_train_step` (sharded in and out, state donated) and `compile_train_step` (ahead of time,
-  with facts read from the lowered program).
+  with facts read from the lowered program);
+- `build`: all of a resolved config's parts (model, mesh, logical axis rules, optimizer,
+  schedule, state layout) as one `TrainSetup`, which the trainer and bert_jax.step_timing share.
 """
 
 from __future__ import annotations
