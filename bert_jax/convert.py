@@ -57,8 +57,7 @@ def _export_facts(args, source_format: str) -> tuple[str | None, bool | None, li
         info = run_files.export_info(args.input)
         return info["vocab_file"], info["lowercase"], info["label_names"], info["architecture"], info["sources"]
     input_dir = args.input if os.path.isdir(args.input) else os.path.dirname(args.input)
-    vocab = next((os.path.join(input_dir, n) for n in ("vocab.txt", "spm.model")
-                  if os.path.isfile(os.path.join(input_dir, n))), None)
+    vocab = run_files.vocab_beside(input_dir)
     lowercase = hf_tokenizer.read_lowercase(input_dir)
     label_names = architecture = None
     if source_format == "hf":

@@ -134,7 +134,8 @@ def read_run_config(workdir: str) -> dict:
     return {}
 
 
-def _vocab_beside(checkpoint: str) -> str | None:
+def vocab_beside(checkpoint: str) -> str | None:
+    """The vocabulary in a checkpoint directory (its vocab.txt, else its spm.model), or None."""
     for name in ("vocab.txt", "spm.model"):
         if os.path.isfile(os.path.join(checkpoint, name)):
             return os.path.join(checkpoint, name)
@@ -188,7 +189,7 @@ def export_info(workdir: str) -> dict[str, Any]:
             parent_vocab, parent_lower = parent["vocab_file"], parent["lowercase"]
         else:
             from bert_jax.checkpoints import hf_tokenizer
-            parent_vocab, parent_lower = _vocab_beside(init_from), hf_tokenizer.read_lowercase(init_from)
+            parent_vocab, parent_lower = vocab_beside(init_from), hf_tokenizer.read_lowercase(init_from)
         if not vocab and parent_vocab:
             vocab = parent_vocab
             sources.append(f"vocab of init_from={init_from}")
