@@ -14,6 +14,12 @@ shuffle in memory), `peak_rss_max_worker_mb` the largest of its child processes 
 the input files, each copy under its own file name (so its documents get their own keys and
 partitions). Throughput is instances (and non-padding tokens) written per wall-clock second,
 start-up and imports included. Alternate the engines and run on an idle machine.
+
+`dask` runs Beam's DaskRunner on a dask.distributed cluster started for that run as on a real
+cluster (tests/dask_cluster.py: a `dask scheduler` process and --workers `dask worker`
+processes, one thread each, over TCP on 127.0.0.1). The workers are not children of the command,
+so they are sampled by pid: `peak_rss_dask_workers_mb` is each worker's peak during the run and
+`dask_workers_idle_mb` its RSS before it (the cluster's own start-up is not in the time).
 """
 
 from __future__ import annotations
@@ -33,7 +39,10 @@ import psutil
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(command: list[str]) -> dict:
+def run(command: list[str], watch_pids: tuple[int, ...] = ()) -> dict:
+    watched = [psutil.Process(pid) for pid in watch_pids]
+    idle = [p.memory_info().rss for p in watched]
+    peak_watched = list(idle)
     start = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     root = psutil.Process(process.pid)
@@ -46,6 +55,11 @@ def run(command: list[str]) -> dict:
             continue
         peak_sum, peak_one, peak_root = max(peak_sum, sum(rss)), max(peak_one, max(rss)), max(peak_root, rss[0])
         peak_child = max([peak_child, *rss[1:]])
+        for i, p in enumerate(watched):
+            try:
+                peak_watched[i] = max(peak_watched[i], p.memory_info().rss)
+            except psutil.NoSuchProcess:
+                pass
         time.sleep(0.1)
     out = process.stdout.read()
     seconds = time.perf_counter() - start
@@ -57,7 +71,9 @@ def run(command: list[str]) -> dict:
             "tokens_per_s": round(tokens / seconds), "partitions": int(report["partitions"]),
             "shards": int(report["shards"]), "peak_rss_max_process_mb": round(peak_one / 2**20),
             "peak_rss_main_process_mb": round(peak_root / 2**20), "peak_rss_max_worker_mb": round(peak_child / 2**20),
-            "peak_rss_sum_mb": round(peak_sum / 2**20)}
+            "peak_rss_sum_mb": round(peak_sum / 2**20),
+            **({"peak_rss_dask_workers_mb": [round(r / 2**20) for r in peak_watched],
+                "dask_workers_idle_mb": [round(r / 2**20) for r in idle]} if watched else {})}
 
 
 def main(argv=None) -> None:
@@ -69,12 +85,15 @@ def main(argv=None) -> None:
     p.add_argument("--max_predictions_per_seq", type=int, default=20)
     p.add_argument("--dupe_factor", type=int, default=5)
     p.add_argument("--docs_per_partition", type=int, default=None)
-    p.add_argument("--engines", default="local,beam")
+    p.add_argument("--engines", default="local,beam", help="comma-separated, in order: local, beam (DirectRunner), "
+                   "dask (DaskRunner on a local dask.distributed cluster)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--output_format", default="array_record")
     args = p.parse_args(argv)
 
-    inputs = sorted(f for pattern in args.input.split(",") for f in glob.glob(pattern))
+    # Absolute paths: Dask's workers run in a directory of their own, as on a cluster.
+    inputs = sorted(os.path.abspath(f) for pattern in args.input.split(",") for f in glob.glob(pattern))
+    args.vocab = os.path.abspath(args.vocab)
     with tempfile.TemporaryDirectory(prefix="bert_jax_bench_") as tmp:
         if args.copies > 1:
             for k in range(args.copies):
@@ -90,12 +109,23 @@ def main(argv=None) -> None:
             common += ["--docs_per_partition", str(args.docs_per_partition)]
         for engine in args.engines.split(","):
             out = os.path.join(tmp, f"out_{engine}")
+            cluster = None
             if engine == "local":
                 command = common + ["--output_dir", out, "--num_workers", str(args.workers)]
+            elif engine == "dask":
+                sys.path.insert(0, REPO)
+                from tests.dask_cluster import DASK_RUNNER, DaskCluster
+                cluster = DaskCluster(tempfile.mkdtemp(prefix="dask_", dir=tmp), workers=args.workers).start()
+                command = common + ["--output_dir", out, "--engine", "beam", "--", f"--runner={DASK_RUNNER}",
+                                    f"--dask_client_address={cluster.address}"]
             else:
                 command = common + ["--output_dir", out, "--engine", "beam", "--", "--runner=DirectRunner",
                                     f"--direct_num_workers={args.workers}", "--direct_running_mode=multi_processing"]
-            result = run(command)
+            try:
+                result = run(command, tuple(cluster.worker_pids) if cluster else ())
+            finally:
+                if cluster is not None:
+                    cluster.stop()
             print(json.dumps({"engine": engine, "workers": args.workers, "input_mb": round(size_mb, 1),
                               "files": len(inputs), "dupe_factor": args.dupe_factor,
                               "docs_per_partition": args.docs_per_partition, **result}), flush=True)
