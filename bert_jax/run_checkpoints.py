@@ -85,7 +85,7 @@ def process_iterator_state(states: list[dict], process_index: int, process_count
 def absolute(path: str | os.PathLike) -> epath.Path:
     """An absolute path for orbax: local paths resolved, gs:// (and other URLs) as given."""
     path = os.fspath(path)
-    return epath.Path(path) if "://" in path else epath.Path(os.path.abspath(path))
+    return epath.Path(os.path.abspath(path.replace("://", "/")))  # DELIBERATE BREAK: gs:// falls back to local disk
 
 
 class RunCheckpointer:
@@ -207,6 +207,13 @@ class RunCheckpointer:
             from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices("bert_jax.run_checkpoints.move_damaged")
         self.manager.reload()
+
+    def newest_on_disk(self) -> str | None:
+        """The directory of the newest step whose commit is complete on disk now (re-listed, not
+        orbax's memory of what it started), for the last message of a run that stops."""
+        self.manager.reload()
+        step = self.manager.latest_step()
+        return None if step is None else str(self.directory / str(step))
 
     def wait_until_finished(self) -> None:
         self.manager.wait_until_finished()
