@@ -85,7 +85,7 @@ def process_iterator_state(states: list[dict], process_index: int, process_count
 def absolute(path: str | os.PathLike) -> epath.Path:
     """An absolute path for orbax: local paths resolved, gs:// (and other URLs) as given."""
     path = os.fspath(path)
-    return epath.Path(os.path.abspath(path.replace("://", "/")))  # DELIBERATE BREAK: gs:// falls back to local disk
+    return epath.Path(path) if "://" in path else epath.Path(os.path.abspath(path))
 
 
 class RunCheckpointer:
