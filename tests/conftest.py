@@ -40,3 +40,16 @@ def shared_data() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def repo_root() -> pathlib.Path:
     return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def tiny_uncased_checkpoint(shared_data, tmp_path_factory):
+    """(path, BertConfig): a random-init 2-layer BERT with BERT's uncased vocab (30522 ids) in
+    bert_jax's checkpoint format, written once for every fine-tuning test that starts from one."""
+    from bert_jax.config import BertConfig
+    from tests.finetune_helpers import save_random_checkpoint
+
+    config = BertConfig.preset("tiny", vocab_size=30522, max_position_embeddings=128)
+    path = save_random_checkpoint(tmp_path_factory.mktemp("tiny_bert"), config,
+                                  shared_data / "vocab" / "bert-base-uncased-vocab.txt")
+    return path, config

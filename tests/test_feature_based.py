@@ -22,18 +22,12 @@ from flax import linen as nn
 from bert_jax.config import BertConfig
 from bert_jax.modeling import FEATURE_MODES, BertBiLSTMForTokenClassification, BertModel, LayerFeatures, stack_layers
 from bert_jax.tasks import features as features_lib
-from tests.test_recurrent_heads import WORDS, short_run, tiny_checkpoint, write_conll
+from tests.finetune_helpers import WORDS, short_run, word_checkpoint, write_conll, write_vocab
+from tests.model_helpers import padded_batch, random_params
 from tests.tolerances import assert_close
 
 CONFIG = BertConfig.preset("tiny", vocab_size=60, max_position_embeddings=32, hidden_size=32, num_attention_heads=2,
                            intermediate_size=64, num_hidden_layers=4)
-
-
-def _batch(lengths=(12, 7, 3), length=12, seed=0, vocab=60):
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(5, vocab, size=(len(lengths), length)).astype(np.int32)
-    mask = (np.arange(length)[None] < np.asarray(lengths)[:, None]).astype(np.int32)
-    return np.where(mask > 0, ids, 0).astype(np.int32), mask
 
 
 def _hidden_states(config, params, ids, mask):
@@ -58,7 +52,7 @@ def test_hidden_states_equal_transformers_in_both_layouts(tmp_path):
             p.add_(0.05 * torch.randn_like(p))
     hf_model.save_pretrained(tmp_path)
     config, params = load_pretrained(tmp_path)
-    ids, mask = _batch()
+    ids, mask = padded_batch()
     with torch.no_grad():
         reference = hf_model(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
                              output_hidden_states=True).hidden_states
@@ -76,7 +70,7 @@ def test_hidden_states_equal_transformers_in_both_layouts(tmp_path):
 def test_pre_layer_norm_hidden_states_agree_across_layouts():
     config = dataclasses.replace(CONFIG, pre_layer_norm=True)
     params = nn.meta.unbox(BertModel(config).init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"])
-    ids, mask = _batch()
+    ids, mask = padded_batch()
     loop = _hidden_states(config, params, ids, mask)
     scan = _hidden_states(dataclasses.replace(config, scan_layers=True), stack_layers(params), ids, mask)
     assert_close(scan["hidden_states"], loop["hidden_states"], err_msg="scan vs loop")
@@ -128,13 +122,6 @@ def test_last_four_needs_three_layers():
         LayerFeatures("concat_last_four").init(jax.random.PRNGKey(0), jnp.zeros((3, 1, 4, 8)))
 
 
-def _random_params(model, seed=1, scale=0.05):
-    shapes = nn.meta.unbox(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32)))["params"])
-    leaves, tree = jax.tree_util.tree_flatten(shapes)
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-    return jax.tree_util.tree_unflatten(tree, [scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
-
-
 @pytest.mark.parametrize("mode", ["concat_last_four", "sum_all"])
 def test_feature_model_feeds_the_combination_to_its_bilstm(mode):
     """logits = classifier(BiLSTM(combination of BertModel's hidden states)), each piece applied
@@ -144,8 +131,8 @@ def test_feature_model_feeds_the_combination_to_its_bilstm(mode):
     from bert_jax.modeling.recurrent import lengths_from_mask
 
     model = BertBiLSTMForTokenClassification(CONFIG, num_labels=4, bilstm_hidden_size=6, features=mode)
-    params = _random_params(model)
-    ids, mask = _batch()
+    params = random_params(model)
+    ids, mask = padded_batch()
     logits = jax.jit(lambda p: model.apply({"params": p}, ids, attention_mask=mask)["logits"])(params)
     hidden = _hidden_states(CONFIG, params["bert"], ids, mask)["hidden_states"]
     mix = params.get("feature_mix")
@@ -164,10 +151,10 @@ def test_feature_model_feeds_the_combination_to_its_bilstm(mode):
 
 
 def test_no_gradient_reaches_the_encoder_in_feature_mode():
-    ids, mask = _batch()
+    ids, mask = padded_batch()
     for features in ("sum_last_four", ""):
         model = BertBiLSTMForTokenClassification(CONFIG, num_labels=4, bilstm_hidden_size=6, features=features)
-        params = _random_params(model)
+        params = random_params(model)
         loss = lambda p: jnp.sum(model.apply({"params": p}, ids, attention_mask=mask, deterministic=False,
                                              rngs={"dropout": jax.random.PRNGKey(1)})["logits"] ** 2)
         grads = jax.jit(jax.grad(loss))(params)
@@ -200,7 +187,7 @@ def test_frozen_encoder_is_bitwise_unchanged_after_training(tmp_path):
     from bert_jax import load_pretrained, train
     from experiments import finetune_ner
 
-    checkpoint, _ = tiny_checkpoint(tmp_path, num_hidden_layers=3)
+    checkpoint, _ = word_checkpoint(tmp_path, num_hidden_layers=3)
     config = short_run(finetune_ner.get_config(",features=sum_last_four"), checkpoint, steps=4)
     config.train_file = config.eval_file = str(write_conll(tmp_path / "train.conll"))
     config.task.bilstm_hidden_size = 8
@@ -245,7 +232,7 @@ def test_feature_mode_without_a_frozen_encoder_is_an_error(tmp_path):
     with pytest.raises(ValueError, match=r"config.task.features='last' .* config.optimizer.frozen_params is empty"):
         ner.from_config(config)
 
-    vocab = features_lib.load_tokenizer(_vocab(tmp_path))
+    vocab = features_lib.load_tokenizer(write_vocab(tmp_path / "vocab.txt"))
     sentences = ner.read_conll(write_conll(tmp_path / "t.conll", n=2))
     cfg = BertConfig.preset("tiny", vocab_size=5 + len(WORDS), num_hidden_layers=2)
     head = features_lib.HeadOptions(head="bilstm", features="last")
@@ -261,8 +248,3 @@ def test_feature_mode_without_a_frozen_encoder_is_an_error(tmp_path):
     task = ner.NerTask(tokenizer=vocab, train_sentences=sentences, eval_sentences=sentences, head=head,
                        frozen_params="^bert/")
     assert task.make_model(cfg).features == "last"
-
-
-def _vocab(tmp_path):
-    from tests.test_recurrent_heads import write_vocab
-    return write_vocab(tmp_path / "vocab.txt")

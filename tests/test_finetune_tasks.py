@@ -1,46 +1,17 @@
 """SQuAD, NER and summarisation through the real trainer from a small random checkpoint: the
 experiment files, the registry, config resolution, the jit'ed loss/predict and host-side metrics."""
 
-import importlib
 import json
 
-import numpy as np
 import pytest
 
 from tests import squad_official
+from tests.finetune_helpers import one_epoch_config
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(shared_data, tmp_path_factory):
-    import jax
-
-    from bert_jax.checkpoints import save_pretrained
-    from bert_jax.config import BertConfig
-    from bert_jax.modeling.models import BertModel
-
-    config = BertConfig.preset("tiny", vocab_size=30522, max_position_embeddings=128)
-    params = BertModel(config).init(jax.random.PRNGKey(0), np.zeros((1, 8), np.int32))["params"]
-    path = tmp_path_factory.mktemp("tiny_bert")
-    save_pretrained({"bert": jax.device_get(params)}, config, path, format="bert_jax",
-                    vocab_file=shared_data / "vocab" / "bert-base-uncased-vocab.txt")
-    return path
-
-
-def _config(experiment, arg, init_from, **fields):
-    config = importlib.import_module(f"experiments.{experiment}").get_config(arg)
-    config.init_from = str(init_from)
-    config.num_epochs = 1
-    config.train.batch_size = 8
-    config.train.eval_batch_size = 8
-    config.logging.tensorboard = False
-    config.logging.peak_flops_per_device = 1e11  # skip the trainer's matmul benchmark
-    for key, value in fields.items():
-        target = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            target = target[p]
-        target[leaf] = value
-    return config
+def tiny_checkpoint(tiny_uncased_checkpoint):
+    return tiny_uncased_checkpoint[0]
 
 
 @pytest.mark.slow
@@ -48,8 +19,8 @@ def test_squad_json_through_the_trainer(tiny_checkpoint, shared_data, tmp_path):
     from bert_jax import train
 
     sample = shared_data / "samples" / "squad.json"
-    config = _config("finetune_squad", "v1.1", tiny_checkpoint, train_file=str(sample), eval_file=str(sample),
-                     max_seq_length=128, **{"task.doc_stride": 64})
+    config = one_epoch_config("finetune_squad", "v1.1", tiny_checkpoint, train_file=str(sample),
+                              eval_file=str(sample), max_seq_length=128, **{"task.doc_stride": 64})
     results = train.train_and_evaluate(config, tmp_path / "run")
     assert results["main_metric"] == "f1" and set(results["final_metrics"]) == {"exact_match", "f1"}
     predictions = json.loads((tmp_path / "run" / "predictions.json").read_text())
@@ -65,8 +36,8 @@ def test_conll_ner_through_the_trainer(tiny_checkpoint, shared_data, tmp_path):
     from bert_jax import train
 
     dev = shared_data / "ner" / "wnut16" / "dev.conll"
-    config = _config("finetune_ner", "", tiny_checkpoint, train_file=str(dev), eval_file=str(dev), max_seq_length=32,
-                     num_epochs=0, **{"train.num_steps": 4})
+    config = one_epoch_config("finetune_ner", "", tiny_checkpoint, train_file=str(dev), eval_file=str(dev),
+                              max_seq_length=32, num_epochs=0, **{"train.num_steps": 4})
     results = train.train_and_evaluate(config, tmp_path / "run")
     assert results["main_metric"] == "f1"
     assert {"precision", "recall", "f1", "token_accuracy"} <= set(results["final_metrics"])
@@ -86,8 +57,8 @@ def test_jsonl_summarization_through_the_trainer(tiny_checkpoint, tmp_path):
     ] * 4
     path = tmp_path / "docs.jsonl"
     path.write_text("".join(json.dumps(d) + "\n" for d in documents))
-    config = _config("finetune_summarization", "", tiny_checkpoint, train_file=str(path), eval_file=str(path),
-                     max_seq_length=64)
+    config = one_epoch_config("finetune_summarization", "", tiny_checkpoint, train_file=str(path),
+                              eval_file=str(path), max_seq_length=64)
     results = train.train_and_evaluate(config, tmp_path / "run")
     assert results["main_metric"] == "rouge2"
     assert set(results["final_metrics"]) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
@@ -107,7 +78,7 @@ def test_glue_tsv_run_then_test_submission(tiny_checkpoint, tmp_path):
     (data / "train.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{label}\n" for s, label in rows))
     (data / "dev.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{label}\n" for s, label in rows[:4]))
     (data / "test.tsv").write_text("index\tsentence\n" + "".join(f"{i}\t{s}\n" for i, (s, _) in enumerate(rows[:5])))
-    config = _config("finetune_glue", "sst2", tiny_checkpoint, max_seq_length=32, **{"task.data_dir": str(data)})
+    config = one_epoch_config("finetune_glue", "sst2", tiny_checkpoint, max_seq_length=32, **{"task.data_dir": str(data)})
     results = train.train_and_evaluate(config, tmp_path / "run")
     assert results["main_metric"] == "accuracy" and set(results["final_metrics"]) == {"accuracy"}
     (path,) = glue.write_test_predictions(tmp_path / "run")

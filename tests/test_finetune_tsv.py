@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from bert_jax.tasks import classification, finetuning, tsv
+from tests.finetune_helpers import one_epoch_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -94,40 +95,13 @@ def test_batch_iterator_resumes_exactly_and_covers_every_example():
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(shared_data, tmp_path_factory):
-    """A randomly initialised 2-layer BERT with the uncased vocab, in bert_jax's checkpoint format."""
-    import jax
-
-    from bert_jax.checkpoints import save_pretrained
-    from bert_jax.config import BertConfig
-    from bert_jax.modeling.models import BertModel
-
-    config = BertConfig.preset("tiny", vocab_size=30522, max_position_embeddings=64)
-    params = BertModel(config).init(jax.random.PRNGKey(0), np.zeros((1, 8), np.int32))["params"]
-    path = tmp_path_factory.mktemp("tiny_bert")
-    vocab = shared_data / "vocab" / "bert-base-uncased-vocab.txt"
-    save_pretrained({"bert": jax.device_get(params)}, config, path, format="bert_jax", vocab_file=vocab)
-    return path, config
+def tiny_checkpoint(tiny_uncased_checkpoint):
+    return tiny_uncased_checkpoint
 
 
 def _tsv_config(train_file, eval_file, init_from, **overrides):
-    import importlib
-
-    config = importlib.import_module("experiments.finetune_tsv").get_config("")
-    config.train_file, config.eval_file, config.init_from = str(train_file), str(eval_file), str(init_from)
-    config.max_seq_length = 32
-    config.num_epochs = 1
-    config.train.batch_size = 16
-    config.train.eval_batch_size = 16
-    config.logging.tensorboard = False
-    config.logging.peak_flops_per_device = 1e11  # skip the trainer's matmul benchmark (MFU is not tested here)
-    for key, value in overrides.items():
-        target = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            target = target[p]
-        target[leaf] = value
-    return config
+    return one_epoch_config("finetune_tsv", "", init_from, batch_size=16, train_file=str(train_file),
+                            eval_file=str(eval_file), max_seq_length=32, **overrides)
 
 
 def test_vocab_must_match_the_checkpoint(tiny_checkpoint, tmp_path):

@@ -11,18 +11,18 @@
 """
 
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import linen as nn
 
 from bert_jax.config import BertConfig
 from bert_jax.modeling import (BertBiLSTMForQuestionAnswering, BertBiLSTMForSequenceClassification,
                                BertBiLSTMForTokenClassification, BiLSTM)
 from bert_jax.tasks import features as features_lib
+from tests.finetune_helpers import short_run, word_checkpoint, write_conll
+from tests.model_helpers import padded_batch, random_params
 from tests.tolerances import assert_close
 
 CONFIG = BertConfig.preset("tiny", vocab_size=60, max_position_embeddings=32, hidden_size=32,
@@ -62,16 +62,6 @@ def _numpy_bilstm(params, x, length):
     return x, np.concatenate([forward[-1], backward[0]])
 
 
-def _random_params(module, *inputs, seed=1, scale=0.3):
-    """Params of `module`'s shapes, every one drawn at random (biases included, which LSTMCell
-    initialises at 0), so that a swapped gate or a missing bias cannot hide. (No init run: the
-    orthogonal initialiser's QR takes seconds to compile on CPU.)"""
-    shapes = nn.meta.unbox(jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *inputs))["params"])
-    leaves, tree = jax.tree_util.tree_flatten(shapes)
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-    return jax.tree_util.tree_unflatten(tree, [scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
-
-
 LENGTHS = np.array([7, 4, 1])
 
 
@@ -79,7 +69,7 @@ def test_bilstm_equals_a_numpy_lstm_both_directions_two_layers_with_padding():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(3, 7, 5)).astype(np.float32)
     module = BiLSTM(hidden_size=4, num_layers=2)
-    params = _random_params(module, x, jnp.asarray(LENGTHS))
+    params = random_params(module, x, jnp.asarray(LENGTHS), scale=0.3)
     outputs, final = jax.jit(module.apply)({"params": params}, x, jnp.asarray(LENGTHS))
     assert outputs.shape == (3, 7, 8) and final.shape == (3, 8)
     for b, n in enumerate(LENGTHS):
@@ -92,7 +82,7 @@ def test_bilstm_padding_never_reaches_real_positions():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(3, 7, 5)).astype(np.float32)
     module = BiLSTM(hidden_size=4, num_layers=2)
-    params = _random_params(module, x, jnp.asarray(LENGTHS))
+    params = random_params(module, x, jnp.asarray(LENGTHS), scale=0.3)
     apply = jax.jit(module.apply)
     outputs, final = apply({"params": params}, x, jnp.asarray(LENGTHS))
     for b, n in enumerate(LENGTHS):
@@ -110,25 +100,15 @@ def test_bilstm_padding_never_reaches_real_positions():
 # ---- the heads on BERT ---------------------------------------------------------------------
 
 
-def _batch(lengths=(12, 7, 3), length=12, seed=0):
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(5, CONFIG.vocab_size, size=(len(lengths), length)).astype(np.int32)
-    mask = (np.arange(length)[None] < np.asarray(lengths)[:, None]).astype(np.int32)
-    return np.where(mask > 0, ids, 0).astype(np.int32), mask
-
-
-def _init(model):
-    return _random_params(model, jnp.zeros((1, 8), jnp.int32), scale=0.05)
-
-
 @pytest.mark.parametrize("model_cls", [BertBiLSTMForTokenClassification, BertBiLSTMForSequenceClassification])
 def test_bert_bilstm_heads_ignore_padding(model_cls):
     model = model_cls(CONFIG, num_labels=3, bilstm_hidden_size=6, bilstm_layers=2)
-    params = _init(model)
-    ids, mask = _batch(lengths=(12, 5))
+    params = random_params(model)
+    lengths = (12, 5)  # the loops below take them from here, not from the mask they test
+    ids, mask = padded_batch(lengths=lengths)
     logits_of = jax.jit(lambda p, ids, mask: model.apply({"params": p}, ids, attention_mask=mask)["logits"])
     logits = logits_of(params, ids, mask)
-    for b, n in enumerate(mask.sum(-1)):
+    for b, n in enumerate(lengths):
         alone = logits_of(params, ids[b:b + 1, :n], mask[b:b + 1, :n])[0]
         if model_cls is BertBiLSTMForTokenClassification:
             assert_close(logits[b, :n], alone, err_msg=f"token logits, row {b}")
@@ -140,12 +120,13 @@ def test_sequence_head_reads_the_final_states_of_both_directions():
     """logits = classifier(concat(h_forward[last real token], h_backward[0])) of a numpy BiLSTM
     over the model's own sequence_output."""
     model = BertBiLSTMForSequenceClassification(CONFIG, num_labels=3, bilstm_hidden_size=5, bilstm_layers=2)
-    params = _init(model)
-    ids, mask = _batch(seed=3)
+    params = random_params(model)
+    lengths = (12, 7, 3)
+    ids, mask = padded_batch(lengths=lengths, seed=3)
     out = jax.jit(lambda p: model.apply({"params": p}, ids, attention_mask=mask))(params)
     host = jax.device_get(params)
     kernel, bias = np.asarray(host["classifier"]["kernel"], np.float64), np.asarray(host["classifier"]["bias"])
-    for b, n in enumerate(mask.sum(-1)):
+    for b, n in enumerate(lengths):
         _, final = _numpy_bilstm(host["bilstm"], np.asarray(out["sequence_output"][b]), n)
         assert_close(out["logits"][b], final @ kernel + bias, err_msg=f"row {b}")
 
@@ -154,13 +135,14 @@ def test_span_head_is_dense_of_the_bilstm_outputs_and_ignores_padding():
     """SQuAD with the BiLSTM head (Table 5's "+ BiLSTM"): start/end logits = dense(2) of a numpy
     BiLSTM's per-token outputs over the model's own sequence_output; padding changes nothing."""
     model = BertBiLSTMForQuestionAnswering(CONFIG, bilstm_hidden_size=5, bilstm_layers=2)
-    params = _init(model)
-    ids, mask = _batch(seed=4, lengths=(12, 7))
+    params = random_params(model)
+    lengths = (12, 7)
+    ids, mask = padded_batch(seed=4, lengths=lengths)
     apply = jax.jit(lambda p, ids, mask: model.apply({"params": p}, ids, attention_mask=mask))
     out = apply(params, ids, mask)
     host = jax.device_get(params)
     kernel, bias = np.asarray(host["classifier"]["kernel"], np.float64), np.asarray(host["classifier"]["bias"])
-    for b, n in enumerate(mask.sum(-1)):
+    for b, n in enumerate(lengths):
         outputs, _ = _numpy_bilstm(host["bilstm"], np.asarray(out["sequence_output"][b]), n)
         want = outputs[:n] @ kernel + bias
         assert_close(out["start_logits"][b, :n], want[:, 0], err_msg=f"start, row {b}")
@@ -175,8 +157,8 @@ def test_span_head_is_dense_of_the_bilstm_outputs_and_ignores_padding():
 def test_token_head_trains_the_encoder_too():
     """Fine-tuning with the BiLSTM head (Table 5): gradients reach every encoder layer."""
     model = BertBiLSTMForTokenClassification(CONFIG, num_labels=3, bilstm_hidden_size=6)
-    params = _init(model)
-    ids, mask = _batch()
+    params = random_params(model)
+    ids, mask = padded_batch()
     grads = jax.jit(jax.grad(lambda p: jnp.sum(model.apply({"params": p}, ids, attention_mask=mask)["logits"] ** 2)))(
         params)
     for name in ("bert/embeddings/word_embeddings/embedding", "bert/encoder/layer_0/attention/self/query/kernel",
@@ -237,61 +219,12 @@ def test_experiment_args_set_plain_fields():
 
 # ---- through the trainer, and the export refusal --------------------------------------------
 
-WORDS = ["good", "bad", "film", "dull", "fine", "moving", "plot", "the", "a", "paris", "london", "is", "visit",
-         "we", "rain", "sun"]
-
-
-def write_vocab(path: pathlib.Path) -> pathlib.Path:
-    path.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n", encoding="utf-8")
-    return path
-
-
-def tiny_checkpoint(root: pathlib.Path, num_hidden_layers: int = 2) -> tuple[pathlib.Path, BertConfig]:
-    """A random-init BERT in bert_jax's format with a 21-entry vocab of its own (no shared data)."""
-    from bert_jax.checkpoints import save_pretrained
-    from bert_jax.modeling import BertModel
-
-    vocab = write_vocab(root / "vocab.txt")
-    config = BertConfig.preset("tiny", vocab_size=5 + len(WORDS), max_position_embeddings=32, hidden_size=32,
-                               num_attention_heads=2, intermediate_size=64, num_hidden_layers=num_hidden_layers)
-    params = nn.meta.unbox(BertModel(config).init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"])
-    path = root / "checkpoint"
-    save_pretrained({"bert": jax.device_get(params)}, config, path, format="bert_jax", vocab_file=vocab)
-    return path, config
-
-
-def short_run(config, init_from, steps=3):
-    config.init_from = str(init_from)
-    config.max_seq_length = 16
-    config.num_epochs = 0
-    config.train.num_steps = steps
-    config.warmup_proportion = -1
-    config.optimizer.warmup_steps = 1
-    config.train.batch_size = 8
-    config.train.eval_batch_size = 8
-    config.train.log_every = 1
-    config.logging.update(tensorboard=False, progress_bar=False, peak_flops_per_device=1e11)
-    config.checkpoint.async_save = False
-    return config
-
-
-def write_conll(path: pathlib.Path, n: int = 16) -> pathlib.Path:
-    rng = np.random.default_rng(0)
-    lines = []
-    for _ in range(n):
-        for word in rng.choice(WORDS, size=int(rng.integers(3, 8))):
-            lines.append(f"{word}\t{'B-loc' if word in ('paris', 'london') else 'O'}")
-        lines.append("")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
 @pytest.mark.slow
 def test_tsv_and_ner_with_a_bilstm_head_train_and_refuse_export(tmp_path, capsys):
     from bert_jax import convert, train
     from experiments import finetune_ner, finetune_tsv
 
-    checkpoint, _ = tiny_checkpoint(tmp_path)
+    checkpoint, _ = word_checkpoint(tmp_path)
     rows = [("a good moving film", "pos"), ("the dull plot", "neg"), ("a fine film", "pos"), ("bad", "neg")] * 4
     tsv = tmp_path / "train.tsv"
     tsv.write_text("sentence\tlabel\n" + "".join(f"{s}\t{l}\n" for s, l in rows), encoding="utf-8")
@@ -325,7 +258,7 @@ def test_save_pretrained_refuses_bilstm_params(tmp_path):
     from bert_jax.checkpoints import CheckpointError, save_pretrained
 
     model = BertBiLSTMForTokenClassification(CONFIG, num_labels=3, bilstm_hidden_size=4)
-    params = jax.device_get(_init(model))
+    params = jax.device_get(random_params(model))
     with pytest.raises(CheckpointError, match=r"the params hold bilstm/ .* no Hugging Face BertFor\* class"):
         save_pretrained(params, CONFIG, tmp_path / "out", format="hf")
     assert not (tmp_path / "out").exists()
