@@ -25,7 +25,7 @@ def feature_lengths(max_seq_length: int, max_predictions_per_seq: int) -> dict[s
             "masked_lm_ids": pred, "masked_lm_weights": pred, "next_sentence_labels": (1, "one label")}
 
 
-FLOAT_FEATURES = ("masked_lm_weights",)
+FLOAT_FEATURES = tfrecord_io.PRETRAINING_FLOAT_FEATURES
 
 
 def expand_input_files(pattern: str, max_seq_length: int) -> list[str]:

@@ -10,7 +10,7 @@ A packed row keeps what the model needs to treat its examples as if they were se
                         each example's predictions, offset by where the example starts
 
 The examples of a row do not share one next-sentence label, so packing is for training
-without NSP (RoBERTa-style); `input_pipeline` refuses packing with next_sentence_prediction=True.
+without NSP (RoBERTa-style); `data_config` refuses packing with next_sentence_prediction=True.
 
 Placement is first-fit over the rows of one batch, in stream order: each example goes into the
 first row with room for its tokens and its predictions, and the batch is closed at the first

@@ -54,7 +54,7 @@ exactly the instances of running the recipe over the whole corpus.
 
 No shuffle at write time. Instances are written in the order they are made, one shard per
 (partition, dupe pass). The loader draws a fresh permutation of all records every epoch
-(grain's index shuffle, input_pipeline.py), so a write-time shuffle would cost a pass over all
+(grain's index shuffle, pretraining_iterator.py), so a write-time shuffle would cost a pass over all
 instances in one place and change nothing the trainer sees.
 
 Randomness: one numpy Generator per work unit, seeded as above, so the output does not depend
