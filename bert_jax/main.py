@@ -5,8 +5,9 @@
     python -m bert_jax.main --config experiments/finetune_tsv.py --help   # the experiment's arguments
 
 The config is locked before the overrides apply, so an unknown or misspelled key is an error
-(a one-line message with the suggestion). Re-running the same command in the same workdir
-resumes from its newest checkpoint.
+(a one-line message naming the flag and suggesting the full one). Any user error (config, data,
+path, a workdir in use) prints one line and exits 2; BERT_JAX_DEBUG=1 shows the traceback.
+Re-running the same command in the same workdir resumes from its newest checkpoint.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import sys
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
+
+from bert_jax import cli_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "experiment file: path/to/file.py:arg (`--config FILE --help` lists its arguments)",
@@ -46,11 +49,15 @@ def main(argv) -> int:
     logging.getLogger("bert_jax").setLevel(logging.INFO)
     # orbax logs every file rename of every save at INFO through absl; keep its warnings only.
     absl_logging.set_verbosity(absl_logging.WARNING)
-    from bert_jax import train, train_utils  # after flag parsing: importing jax is slow
-    train_utils.maybe_initialize_distributed(config.distributed)
-    results = train.train_and_evaluate(config, _WORKDIR.value)
+
+    def run_training():
+        from bert_jax import train, train_utils  # after flag parsing: importing jax is slow
+        train_utils.maybe_initialize_distributed(config.distributed)
+        return train.train_and_evaluate(config, _WORKDIR.value)
+
+    results = cli_flags.run_main(run_training, "bert_jax.main")
     if results["preempted"]:
-        logging.warning("stopped at step %d (SIGTERM or train.stop_at_step); checkpoint saved; "
+        logging.warning("stopped at step %d (SIGTERM, Ctrl-C or train.stop_at_step); checkpoint saved; "
                         "rerun the same command to continue", results["step"])
     return 0
 
@@ -62,6 +69,21 @@ def _config_file(argv: list[str]) -> str | None:
         if arg == "--config" and i + 1 < len(argv):
             return argv[i + 1]
     return None
+
+
+def _experiment_fields(argv: list[str]) -> list[str]:
+    """Every field path of the experiment's config, for suggestions; [] if it cannot be built."""
+    spec = _config_file(argv[1:])
+    path, _, arg = (spec or "").partition(":")
+    if not os.path.isfile(path):
+        return []
+    try:
+        module_spec = importlib.util.spec_from_file_location(f"_experiment_{os.path.basename(path)[:-3]}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        return cli_flags.config_paths(module.get_config(arg) if arg else module.get_config())
+    except Exception:  # the config's own error is the one reported
+        return []
 
 
 def experiment_help(spec: str) -> str:
@@ -105,11 +127,15 @@ def _fail(argv: list[str], error: Exception) -> None:
     message = message.replace("\\'", "'").replace("\\n", " ").replace("\n", " ").strip()
     message = message[1:-1] if len(message) > 1 and message[0] == message[-1] and message[0] in "'\"" else message
     field = re.match(r"'?([A-Za-z0-9_]+)'?", message)
+    # The override whose path holds the unknown name, at any depth (--config.trian.batch_size).
     culprit = next((a.split("=", 1)[0] for a in argv[1:] if field and a.startswith("--config.")
-                    and a.split("=", 1)[0].endswith("." + field.group(1))), None)
+                    and field.group(1) in a.split("=", 1)[0].split(".")[1:]), None)
     where = f"{culprit}: " if culprit else ""
     if culprit and isinstance(error, (AttributeError, KeyError)):
-        message = f"no such config field {field.group(1)!r}." + message[field.end():]
+        suggestion = cli_flags.suggest_config_flag(culprit[len("--config."):], _experiment_fields(argv))
+        rest = re.sub(r"\s*Did you mean .*$", "", message[field.end():]).strip(" .")
+        message = (f"no such config field {field.group(1)!r}" + (f" ({rest})" if rest else "")
+                   + (f"; {suggestion}" if suggestion else "."))
     print(f"{os.path.basename(sys.argv[0]) or 'bert_jax.main'}: error: {where}{message}\n"
           f"(see every field: --config FILE:ARG --print_config)", file=sys.stderr)
     sys.exit(2)

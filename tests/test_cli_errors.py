@@ -76,3 +76,19 @@ def test_binary_corpus_refused_in_one_line_before_writing(tmp_path):
     assert "Traceback" not in result.stderr
     assert f"input file {garbage}: " in result.stderr and "are not UTF-8 text" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_trainer_cli_second_start_is_one_line_exit_2(tmp_path):
+    """The lock held by another process (here: this test): bert_jax.main names the holder in one
+    line, exit 2, and writes nothing into the workdir."""
+    from bert_jax.workdir_lock import WorkdirLock
+    from tests.train_helpers import SUBPROCESS_TIMEOUT_S, main_command
+    env = {k: v for k, v in os.environ.items() if k != cli_flags.DEBUG_ENV}
+    with WorkdirLock(tmp_path / "run"):
+        result = subprocess.run(main_command(tmp_path / "run", "--config.train.num_steps=2"), cwd=REPO,
+                                capture_output=True, text=True, env=env, timeout=SUBPROCESS_TIMEOUT_S)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("bert_jax.main: error:")]
+    assert len(errors) == 1 and f"is in use by another run (host" in errors[0] and f"pid {os.getpid()}," in errors[0]
+    assert sorted(os.listdir(tmp_path / "run")) == ["run.lock"]

@@ -67,7 +67,7 @@ def test_misspelled_override_is_one_short_line_with_the_suggestion(repo_root, tm
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "--config.train.batch_sise: no such config field 'batch_sise'" in result.stderr
-    assert 'Did you mean "batch_size"' in result.stderr
+    assert "did you mean --config.train.batch_size?" in result.stderr  # the whole flag, not only the name
     assert len(result.stderr.strip().splitlines()) <= 3
     assert not (tmp_path / "w").exists()
 
