@@ -42,3 +42,20 @@ def test_index_pointing_outside_the_folder_refused(hf_dir, tmp_path):  # noqa: F
         (hf_dir / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"bert.x": shard}}))
         with pytest.raises(CheckpointError, match=r"weight_map names shard .* not a file inside"):
             load_pretrained(hf_dir)
+
+
+def test_export_follows_the_umask(tmp_path):
+    import os
+    import stat
+
+    from bert_jax import BertConfig, save_pretrained
+    from bert_jax.modeling import BertForPreTraining
+    from tests.test_checkpoints import TINY, init_params
+    config = BertConfig(**TINY)
+    previous = os.umask(0o022)
+    try:
+        save_pretrained(init_params(BertForPreTraining(config)), config, tmp_path / "hf", format="hf")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(os.stat(tmp_path / "hf").st_mode) == 0o755
+    assert {stat.S_IMODE(os.stat(p).st_mode) for p in (tmp_path / "hf").iterdir()} == {0o644}

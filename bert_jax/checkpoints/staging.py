@@ -12,6 +12,22 @@ from typing import Iterable, Iterator
 from bert_jax.checkpoints.validation import CheckpointError
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+def _follow_umask(staging: str) -> None:
+    """mkdtemp makes a 0700 directory (and a temp file is 0600): give the export the modes any
+    other file of the user gets, or it stays private whatever the umask."""
+    mask = _umask()
+    for root, dirs, files in os.walk(staging):
+        os.chmod(root, 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)
+
+
 @contextlib.contextmanager
 def staged_directory(directory: str, stale: Iterable[str] = ()) -> Iterator[str]:
     """Yields a staging dir; when the block succeeds its files replace those of `directory`.
@@ -25,6 +41,7 @@ def staged_directory(directory: str, stale: Iterable[str] = ()) -> Iterator[str]
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.tmp-", dir=parent)
     try:
         yield staging
+        _follow_umask(staging)
         if not os.path.exists(directory):
             os.replace(staging, directory)
             return
