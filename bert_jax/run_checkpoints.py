@@ -19,10 +19,12 @@ Config fields (`config.checkpoint`): every_steps, keep (last K), keep_best, asyn
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
+import warnings
 from typing import Any, Mapping
 
 import jax
@@ -222,16 +224,41 @@ class RunCheckpointer:
         self.manager.close()
 
 
+# What orbax says, harmlessly, on every read-only look at a run (resume, init_from, convert):
+# reading without writing, and restoring one item of several without a handler for the others.
+_HARMLESS_ORBAX = ("CheckpointManagerOptions.read_only=True, setting", "Given directory is read only",
+                   "was found in the checkpoint, but could not be restored")
+
+
+class _DropHarmless(logging.Filter):
+    def filter(self, record):
+        return not any(text in record.getMessage() for text in _HARMLESS_ORBAX)
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    absl_logger, dropper = logging.getLogger("absl"), _DropHarmless()
+    absl_logger.addFilter(dropper)
+    try:
+        with warnings.catch_warnings():
+            # Restoring params as host numpy arrays: no sharding is wanted, so none is given.
+            warnings.filterwarnings("ignore", message="Sharding info not provided when restoring")
+            yield
+    finally:
+        absl_logger.removeFilter(dropper)
+
+
 def latest_step(workdir: str | os.PathLike) -> int | None:
     """The newest complete checkpoint of a run's workdir, None if it has none; creates nothing."""
     directory = absolute(workdir) / CHECKPOINT_DIR
     if not directory.is_dir():
         return None
-    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
-    try:
-        return manager.latest_step()
-    finally:
-        manager.close()
+    with _quiet_orbax():
+        manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+        try:
+            return manager.latest_step()
+        finally:
+            manager.close()
 
 
 def restore_params(directory: str | os.PathLike, step: int | None = None, verify: bool = True
@@ -244,6 +271,11 @@ def restore_params(directory: str | os.PathLike, step: int | None = None, verify
     directory = absolute(directory)
     if (directory / CHECKPOINT_DIR).is_dir():
         directory = directory / CHECKPOINT_DIR
+    with _quiet_orbax():
+        return _restore_params(directory, step, verify)
+
+
+def _restore_params(directory: epath.Path, step: int | None, verify: bool) -> tuple[Any, int]:
     manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
     try:
         steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
@@ -267,11 +299,10 @@ def restore_params(directory: str | os.PathLike, step: int | None = None, verify
 
 
 def _restore_params_at(manager, directory: epath.Path, step: int, verify: bool) -> Any:
-    # Restore the state item as host numpy arrays without needing its exact structure.
-    metadata = manager.item_metadata(step)["state"]  # None for a read-only manager: orbax reads it itself
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
+    # The state item as host numpy arrays, its structure read from the checkpoint itself (a
+    # read-only manager's item_metadata is None, so there is nothing to build restore args from).
     state = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(item=None, restore_args=restore_args)))["state"]
+        state=ocp.args.PyTreeRestore(item=None, restore_args=None)))["state"]
     params = jax.tree.map(np.asarray, state["params"])
     if verify:
         _verify(directory, step, params, str(directory / str(step)), prefix="params/")
