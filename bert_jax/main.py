@@ -59,7 +59,20 @@ def main(argv) -> int:
     if results["preempted"]:
         logging.warning("stopped at step %d (SIGTERM, Ctrl-C or train.stop_at_step); checkpoint saved; "
                         "rerun the same command to continue", results["step"])
+    else:
+        print(final_summary(results))
     return 0
+
+
+def final_summary(results: dict) -> str:
+    """The line a finished run ends with: its final metrics, and the best ones if they differ."""
+    shown = lambda metrics: ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                      for k, v in sorted(metrics.items())) or "none (no eval data)"
+    line = f"finished at step {results['step']}: final metrics {shown(results.get('final_metrics') or {})}"
+    best_step = results.get("best_step")
+    if best_step is not None and best_step != results["step"]:
+        line += f"; best {results.get('main_metric')} at step {best_step}: {shown(results.get('best_metrics') or {})}"
+    return line
 
 
 def _config_file(argv: list[str]) -> str | None:

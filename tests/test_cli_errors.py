@@ -92,3 +92,12 @@ def test_trainer_cli_second_start_is_one_line_exit_2(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("bert_jax.main: error:")]
     assert len(errors) == 1 and f"is in use by another run (host" in errors[0] and f"pid {os.getpid()}," in errors[0]
     assert sorted(os.listdir(tmp_path / "run")) == ["run.lock"]
+
+
+def test_final_summary_line():
+    from bert_jax.main import final_summary
+    assert final_summary({"step": 30, "final_metrics": {"accuracy": 0.8125, "f1": 0.5}, "best_step": 30}) == \
+        "finished at step 30: final metrics accuracy=0.8125, f1=0.5"
+    assert final_summary({"step": 30, "final_metrics": {}, "best_step": None}).endswith("none (no eval data)")
+    assert final_summary({"step": 30, "final_metrics": {"accuracy": 0.5}, "main_metric": "accuracy", "best_step": 10,
+                          "best_metrics": {"accuracy": 0.75}}).endswith("; best accuracy at step 10: accuracy=0.75")
