@@ -390,7 +390,10 @@ def _train_and_evaluate(config, workdir, task, devices, return_state: bool, lock
                                          f"(config.train.nonfinite_policy='skip'): nothing was trained")
                 # Saved before the final evaluation, so an evaluation error never costs the trained model.
                 # No metrics: keep-last-K keeps it; the final evaluation's metrics are in results.json.
-                if total_steps > 0 and checkpointer.latest_step() != step:
+                # A fresh model evaluated only (num_steps=0, no init_from) is saved too: that is
+                # the random-init control a sweep fine-tunes (same architecture, vocab and init).
+                fresh_control = total_steps == 0 and not config.init_from
+                if (total_steps > 0 or fresh_control) and checkpointer.latest_step() != step:
                     save(force=True)
                 eval_metrics = evaluate()
         checkpointer.wait_until_finished()
