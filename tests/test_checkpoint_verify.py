@@ -194,3 +194,15 @@ def test_restore_params_falls_back_on_every_fault(tmp_path, fault):
     expected = 3 if fault in ("missing_iterator", "garbage_meta") else 2  # params need neither item
     assert step == expected
     np.testing.assert_array_equal(params["w"], np.asarray(_state(expected)["params"]["w"]))
+
+
+def test_read_only_looks_print_no_orbax_noise(tmp_path, caplog, recwarn):
+    """Every resume, init_from and export used to print orbax's 'read only' and 'Item ... could
+    not be restored' warnings (harmless: dropped by message in these read-only paths only)."""
+    _save_steps(tmp_path, steps=(3,))
+    with caplog.at_level(logging.INFO):
+        assert run_checkpoints.latest_step(tmp_path) == 3
+        run_checkpoints.restore_params(tmp_path)
+    noise = [r.getMessage() for r in caplog.records if r.name == "absl" and r.levelno >= logging.WARNING]
+    assert noise == []
+    assert not [w for w in recwarn if "Sharding info not provided" in str(w.message)]
