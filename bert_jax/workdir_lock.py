@@ -145,7 +145,11 @@ def _default_gcs_client():
         from google.cloud import storage
     except ImportError:
         return None
-    return storage.Client()
+    try:
+        return storage.Client()
+    except Exception as e:  # no credentials or project here: TensorStore may still have its own
+        log.warning("google-cloud-storage has no client here (%s)", e)
+        return None
 
 
 gcs_client_factory = _default_gcs_client  # tests swap in a fake with the same methods
@@ -221,8 +225,8 @@ class WorkdirLock:
         if self.workdir.startswith("gs://"):
             client = gcs_client_factory()
             if client is None:
-                log.warning("%s: not locked against a second run (google-cloud-storage is not installed)",
-                            self.workdir)
+                log.warning("%s: not locked against a second run (google-cloud-storage is not installed, "
+                            "or has no client)", self.workdir)
                 return self
             self._held = _GcsLock(self.workdir, self.heartbeat_s, self.stale_after_s, client)
         elif "://" in self.workdir:
