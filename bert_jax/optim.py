@@ -32,6 +32,12 @@ import optax
 NO_DECAY_PATTERN = re.compile(r"LayerNorm|layer_norm|bias")
 
 
+def schedule_steps(num_steps: int, warmup_steps: int) -> int:
+    """The steps a schedule spans: num_steps, or for an evaluation-only run (num_steps=0, which
+    still builds an optimizer for its state's shapes) the warmup, at least 1."""
+    return int(num_steps) or max(1, int(warmup_steps))
+
+
 def learning_rate_schedule(peak: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
     """Linear warmup 0 -> peak over `warmup_steps`, then linear decay (power 1.0) to 0 at `total_steps`."""
     if total_steps <= 0:

@@ -68,6 +68,7 @@ import math
 import os
 import pathlib
 import shlex
+import statistics
 import subprocess
 import sys
 import threading
@@ -77,6 +78,7 @@ from bert_jax import representation
 from bert_jax.workdir import METRICS_FILE, RESULTS_FILE
 
 PRETRAIN = "pretrain"
+CONTROL = "random_init"  # the variant a paper-table sweep must have: fine-tuned from random init
 SWEEP_KEYS = {"prepare", "pretrain", "finetune", "common", "finetune_common", "evaluations", "variants", "seeds",
               "paper"}
 VARIANT_PARTS = {"pretrain", "finetune", "evaluations"}
@@ -170,6 +172,11 @@ def check_sweep(sweep: dict[str, Any], source: str) -> None:
         missing = {"title", "citation", "columns", "rows", "ours"} - set(paper)
         if missing:
             raise ValueError(f"{source}: 'paper' lacks {sorted(missing)}")
+        if CONTROL not in sweep["variants"]:
+            raise ValueError(
+                f"{source}: a paper-table sweep needs a {CONTROL!r} variant, the control every row is read "
+                "against: the same architecture and vocabulary fine-tuned from random init by the same commands "
+                f"(with a pretraining stage: {{'pretrain': {{'train.num_steps': 0}}}}, which saves the fresh model)")
         for variant, row in paper["rows"].items():
             if variant not in sweep["variants"] or len(row) != 1 + len(paper["columns"]):
                 raise ValueError(f"{source}: paper row {variant!r} must name a variant and hold a label plus "
@@ -418,16 +425,51 @@ def summarise(runs: list[Run]) -> tuple[list[str], list[dict[str, str]]]:
     return ["variant", "seeds", ENCODER_COLUMN, *columns], table
 
 
+def _column_values(rows: list[dict[str, float]], spec: str) -> list[float]:
+    """One paper column's numbers of ours, per seed: x100, or exp of a loss (spec "exp:KEY")."""
+    exp = spec.startswith("exp:")
+    key = spec[4:] if exp else spec
+    return [math.exp(r[key]) if exp else 100.0 * r[key] for r in rows if key in r]
+
+
+def _ci95(values: list[float]) -> float | None:
+    """Half-width of the 95% confidence interval of the mean (Student's t), None for one value."""
+    from scipy import stats
+    if len(values) < 2:
+        return None
+    return float(stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values)))
+
+
+def beats_control(values: list[float], control: list[float], lower_is_better: bool) -> float | None:
+    """One-sided Welch t-test p-value that `values` are better than `control` (None: too few seeds)."""
+    from scipy import stats
+    if len(values) < 2 or len(control) < 2:
+        return None
+    if statistics.pstdev(values) == 0 and statistics.pstdev(control) == 0:  # t is undefined; compare means
+        better = statistics.mean(values) < statistics.mean(control) if lower_is_better else \
+            statistics.mean(values) > statistics.mean(control)
+        return 0.0 if better else 1.0
+    alternative = "less" if lower_is_better else "greater"
+    return float(stats.ttest_ind(values, control, equal_var=False, alternative=alternative).pvalue)
+
+
 def paper_table(runs: list[Run], paper: dict[str, Any]) -> tuple[list[str], list[dict[str, str]]]:
     """The paper's table with ours beside it: per paper column that one of ours stands in for,
-    "<column> (ours)" (mean ± std over seeds, x100, or exp of a loss) then "<column> (paper)"."""
+    "<column> (ours)" (mean ± 95% CI over seeds, x100, or exp of a loss, i.e. a perplexity),
+    "<column> vs control" (the difference from the CONTROL row's mean and the one-sided Welch
+    p-value that the row beats it; "does not beat" unless p < 0.05) and "<column> (paper)"."""
     by_variant = _metrics_by_variant(runs)
     header = ["variant", "paper row", "seeds", ENCODER_COLUMN]
     for column in paper["columns"]:
-        header += [f"{column} (ours)", f"{column} (paper)"] if column in paper["ours"] else [f"{column} (paper)"]
+        if column in paper["ours"]:
+            header += [f"{column} (ours)", f"{column} vs {CONTROL}"]
+        header.append(f"{column} (paper)")
+    control_rows = by_variant.get(CONTROL, [])
     table = []
     for variant in dict.fromkeys(run.variant for run in runs):
         label, *numbers = paper["rows"].get(variant, ["", *[None] * len(paper["columns"])])
+        if variant == CONTROL and not label:
+            label = "(control: the same architecture and vocabulary from random init)"
         rows = by_variant.get(variant, [])
         row = {"variant": variant, "paper row": label, "seeds": str(len(rows)), ENCODER_COLUMN: encoder_health(rows)}
         for column, number in zip(paper["columns"], numbers):
@@ -435,16 +477,46 @@ def paper_table(runs: list[Run], paper: dict[str, Any]) -> tuple[list[str], list
             if column not in paper["ours"]:
                 continue
             spec = paper["ours"][column]
-            exp = spec.startswith("exp:")
-            key = spec[4:] if exp else spec
-            values = [math.exp(r[key]) if exp else 100.0 * r[key] for r in rows if key in r]
+            values, control = _column_values(rows, spec), _column_values(control_rows, spec)
             if not values:
-                row[f"{column} (ours)"] = ""
+                row[f"{column} (ours)"] = row[f"{column} vs {CONTROL}"] = ""
                 continue
-            mean, std = _mean_std(values)
-            row[f"{column} (ours)"] = f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+            mean, ci = statistics.mean(values), _ci95(values)
+            row[f"{column} (ours)"] = f"{mean:.2f}" if ci is None else f"{mean:.2f} ± {ci:.2f}"
+            if variant == CONTROL or not control:
+                row[f"{column} vs {CONTROL}"] = "control" if variant == CONTROL else ""
+                continue
+            p = beats_control(values, control, lower_is_better=spec.startswith("exp:"))
+            verdict = "" if p is None else f", p={p:.3f}" + ("" if p < 0.05 else ": does not beat")
+            row[f"{column} vs {CONTROL}"] = f"{mean - statistics.mean(control):+.2f}{verdict}"
         table.append(row)
     return header, table
+
+
+def detectable_differences(runs: list[Run], paper: dict[str, Any]) -> str:
+    """One line: per column of ours, the smallest difference between two rows that this many seeds
+    detect (one-sided alpha 0.05, power 0.8, at the measured pooled seed std) against the largest
+    difference between the paper's rows in that column."""
+    from scipy import stats
+    by_variant = _metrics_by_variant(runs)
+    parts = []
+    for index, column in enumerate(paper["columns"]):
+        if column not in paper["ours"]:
+            continue
+        groups = [v for v in (_column_values(rows, paper["ours"][column]) for rows in by_variant.values()) if len(v) > 1]
+        if not groups:
+            parts.append(f"{column}: needs >= 2 seeds per row")
+            continue
+        df = sum(len(g) - 1 for g in groups)
+        pooled = math.sqrt(sum((len(g) - 1) * statistics.variance(g) for g in groups) / df)
+        n = statistics.mean(len(g) for g in groups)
+        detectable = (stats.t.ppf(0.95, df) + stats.t.ppf(0.8, df)) * pooled * math.sqrt(2 / n)
+        paper_numbers = [row[1 + index] for row in paper["rows"].values() if row[1 + index] is not None]
+        spread = max(paper_numbers) - min(paper_numbers) if len(paper_numbers) > 1 else 0.0
+        can = "some of" if detectable <= spread else "none of"
+        parts.append(f"{column}: detects differences >= {detectable:.2f} (pooled seed std {pooled:.2f}, "
+                     f"{n:.0f} seeds); the paper's rows differ by up to {spread:.2f}, so {can} its differences")
+    return "Detectable at this budget: " + "; ".join(parts) + "."
 
 
 def _markdown(header: list[str], table: list[dict[str, str]]) -> list[str]:
@@ -460,7 +532,8 @@ def _write_csv(path: pathlib.Path, header: list[str], table: list[dict[str, str]
 
 
 def write_tables(workdir: pathlib.Path, header: list[str], table: list[dict[str, str]],
-                 paper: tuple[dict[str, Any], list[str], list[dict[str, str]]] | None = None) -> None:
+                 paper: tuple[dict[str, Any], list[str], list[dict[str, str]]] | None = None,
+                 detectable: str = "") -> None:
     """results.csv and results.md; with `paper` (its spec, header, rows) also paper_table.csv,
     shown first in results.md under the paper's title and citation."""
     _write_csv(workdir / "results.csv", header, table)
@@ -468,8 +541,10 @@ def write_tables(workdir: pathlib.Path, header: list[str], table: list[dict[str,
     if paper is not None:
         spec, paper_header, paper_rows = paper
         _write_csv(workdir / "paper_table.csv", paper_header, paper_rows)
-        lines += [f"## {spec['title']}", "", f"Paper: {spec['citation']}", "", *_markdown(paper_header, paper_rows),
-                  "", "## All final metrics", ""]
+        lines += [f"## {spec['title']}", "", f"Paper: {spec['citation']}", "", *_markdown(paper_header, paper_rows), ""]
+        if detectable:
+            lines += [detectable, ""]
+        lines += ["## All final metrics", ""]
     lines += _markdown(header, table)
     (workdir / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -617,7 +692,8 @@ def main(argv: list[str] | None = None) -> int:
 
     header, table = summarise(runs)
     paper = sweep.get("paper")
-    write_tables(workdir, header, table, (paper, *paper_table(runs, paper)) if paper else None)
+    write_tables(workdir, header, table, (paper, *paper_table(runs, paper)) if paper else None,
+                 detectable_differences(runs, paper) if paper else "")
     main_metrics = _main_metrics(runs)
     plots = plot_curves(runs, workdir, main_metrics)
     print((workdir / "results.md").read_text(encoding="utf-8"))

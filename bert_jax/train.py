@@ -216,8 +216,11 @@ def _train_and_evaluate(config, workdir, task, devices, return_state: bool, lock
     total_steps = int(tc.num_steps)
     run = train_utils.build(config, task, devices)
     mesh, bert_config = run.mesh, run.bert_config
+    # A fresh model evaluated only (num_steps=0, no init_from) is saved at step 0, with its
+    # iterator: that is the random-init control a sweep fine-tunes (same architecture and init).
+    fresh_control = total_steps == 0 and not config.init_from
     train_iter = (task.train_iterator(int(tc.batch_size), int(config.seed), process_index, process_count)
-                  if total_steps > 0 else None)
+                  if total_steps > 0 or fresh_control else None)
     latest = run_checkpoints.latest_step(workdir)  # reads only: None for a fresh run
     pretrained = None
     if latest is None and config.init_from:
@@ -390,9 +393,6 @@ def _train_and_evaluate(config, workdir, task, devices, return_state: bool, lock
                                          f"(config.train.nonfinite_policy='skip'): nothing was trained")
                 # Saved before the final evaluation, so an evaluation error never costs the trained model.
                 # No metrics: keep-last-K keeps it; the final evaluation's metrics are in results.json.
-                # A fresh model evaluated only (num_steps=0, no init_from) is saved too: that is
-                # the random-init control a sweep fine-tunes (same architecture, vocab and init).
-                fresh_control = total_steps == 0 and not config.init_from
                 if (total_steps > 0 or fresh_control) and checkpointer.latest_step() != step:
                     save(force=True)
                 eval_metrics = evaluate()

@@ -336,7 +336,7 @@ def build(config, task, devices=None) -> TrainSetup:
         raise ValueError(f"config.train.batch_size / grad_accum_steps = {micro_batch} is not divisible by the "
                          f"{dp} data-parallel devices (mesh data x fsdp)")
     # num_steps=0 (evaluate only) still builds an optimizer (its state's shapes); it never steps.
-    schedule_steps = int(tc.num_steps) or max(1, int(config.optimizer.warmup_steps))
+    schedule_steps = optim.schedule_steps(tc.num_steps, config.optimizer.warmup_steps)
     tx = optim.make_optimizer(config.optimizer, schedule_steps)
     schedule = optim.learning_rate_schedule(float(config.optimizer.learning_rate),
                                             int(config.optimizer.warmup_steps), schedule_steps)

@@ -130,15 +130,9 @@ def _run(title: str, cmd: list[str], done_marker: pathlib.Path) -> None:
 
 def write_random_init(pretrain_workdir: pathlib.Path, out_dir: pathlib.Path, vocab_file: pathlib.Path) -> None:
     """The pretrained run's architecture with freshly initialised weights, as a bert_jax checkpoint."""
-    import jax
+    from bert_jax import random_init
 
-    from bert_jax import save_pretrained
-    from bert_jax.checkpoints import load_config
-    from bert_jax.modeling.models import BertForPreTraining
-
-    config = load_config(pretrain_workdir)
-    params = BertForPreTraining(config).init(jax.random.PRNGKey(0), jax.numpy.ones((1, 8), "int32"))["params"]
-    save_pretrained(jax.device_get(params), config, out_dir, format="bert_jax", vocab_file=vocab_file)
+    random_init.write_random_init(pretrain_workdir, out_dir, seed=0, vocab_file=vocab_file)
 
 
 def plot_pretraining_loss(metrics_file: pathlib.Path, out_png: pathlib.Path, title: str) -> None:

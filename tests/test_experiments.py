@@ -56,7 +56,7 @@ def check_config(config, label: str) -> None:
     assert config.task.name in TASKS, f"{label}: task {config.task.name!r} is not registered"
     run_config.validate(config)
     sharding.axis_rules(config.mesh.rules)
-    optim.make_optimizer(config.optimizer, total_steps=int(config.train.num_steps))
+    optim.make_optimizer(config.optimizer, optim.schedule_steps(config.train.num_steps, config.optimizer.warmup_steps))
 
     if config.task.name == "pretraining" and not config.task.get("synthetic_data", False):
         from bert_jax.tasks.pretraining import PretrainingTask

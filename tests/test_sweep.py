@@ -167,6 +167,7 @@ MULTI = {
         "ltr_bilstm": {"pretrain": {"model.causal_attention": True}, "finetune": {"task.head": "bilstm"},
                        "evaluations": {"ner": {"num_epochs": 5}}},
         "mlm": {},
+        "random_init": {"pretrain": {"train.num_steps": 0}},
     },
     "seeds": [0, 1],
     "paper": {"title": "Table X", "citation": "Devlin et al. 2019, Table X", "columns": ["SST-2", "NER", "MNLI"],
@@ -221,29 +222,84 @@ def test_shared_pretraining_runs_once(tmp_path):
     assert len(launched) == 1 and "--config=experiments/pretrain.py:tiny" in launched[0]
 
 
-def test_paper_table_puts_the_papers_numbers_beside_ours(tmp_path):
+def _ci95(values):
+    """Mean ± t(0.975, n-1) s / sqrt(n), t from a textbook table (n = 2 and 3)."""
+    t = {2: 12.706, 3: 4.303}[len(values)]
+    return statistics.mean(values), t * statistics.stdev(values) / len(values) ** 0.5
+
+
+def _welch_p_greater(a, b):
+    """One-sided Welch t-test p-value, written out here (t statistic, Welch-Satterthwaite df)."""
+    from scipy.special import stdtr
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    t = (statistics.mean(a) - statistics.mean(b)) / (va + vb) ** 0.5
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    return 1 - stdtr(df, t)
+
+
+def test_paper_table_puts_the_papers_numbers_and_the_control_beside_ours(tmp_path):
     runs = sweep_lib.plan_runs(MULTI, tmp_path)
-    accuracy = {("ltr", 0): 0.70, ("ltr", 1): 0.74, ("mlm", 0): 0.80, ("mlm", 1): 0.82}
+    accuracy = {("ltr", 0): 0.70, ("ltr", 1): 0.74, ("mlm", 0): 0.80, ("mlm", 1): 0.82,
+                ("random_init", 0): 0.75, ("random_init", 1): 0.76}
     for run in runs:
         if (run.variant, run.seed) not in accuracy:
             continue
         _fake_results(run.stages[1], {"accuracy": accuracy[(run.variant, run.seed)]}, [(1, 0.5)])
-        _fake_results(run.stages[2], {"loss": 1.0 + run.seed}, [(1, 0.5)])
+        _fake_results(run.stages[2], {"loss": 1.0 + run.seed + (0.5 if run.variant == "random_init" else 0)},
+                      [(1, 0.5)])
     header, table = sweep_lib.paper_table(runs, MULTI["paper"])
-    assert header == ["variant", "paper row", "seeds", "pretrained encoder", "SST-2 (ours)", "SST-2 (paper)", "NER (ours)", "NER (paper)",
-                      "MNLI (paper)"]
+    assert header == ["variant", "paper row", "seeds", "pretrained encoder", "SST-2 (ours)", "SST-2 vs random_init",
+                      "SST-2 (paper)", "NER (ours)", "NER vs random_init", "NER (paper)", "MNLI (paper)"]
     rows = {r["variant"]: r for r in table}
     assert rows["ltr"]["paper row"] == "LTR & No NSP" and rows["ltr"]["SST-2 (paper)"] == "92.1"
-    mean, std = statistics.mean([70.0, 74.0]), statistics.stdev([70.0, 74.0])
-    assert rows["ltr"]["SST-2 (ours)"] == f"{mean:.2f} ± {std:.2f}"
+    mean, half = _ci95([70.0, 74.0])
+    assert rows["ltr"]["SST-2 (ours)"] == f"{mean:.2f} ± {half:.2f}"
     e, e2 = 2.718281828459045, 7.38905609893065
-    assert rows["mlm"]["NER (ours)"] == f"{statistics.mean([e, e2]):.2f} ± {statistics.stdev([e, e2]):.2f}"
+    mean, half = _ci95([e, e2])
+    assert rows["mlm"]["NER (ours)"] == f"{mean:.2f} ± {half:.2f}"
     assert rows["ltr_bilstm"]["seeds"] == "0" and rows["ltr_bilstm"]["SST-2 (ours)"] == ""
-    sweep_lib.write_tables(tmp_path, *sweep_lib.summarise(runs), (MULTI["paper"], header, table))
+    # Beside every row the control: mlm (81) beats random init (75.5); ltr (72) does not.
+    assert rows["random_init"]["SST-2 vs random_init"] == "control"
+    p_mlm = _welch_p_greater([80.0, 82.0], [75.0, 76.0])
+    assert rows["mlm"]["SST-2 vs random_init"] == f"+5.50, p={p_mlm:.3f}" and p_mlm < 0.05
+    p_ltr = _welch_p_greater([70.0, 74.0], [75.0, 76.0])
+    assert rows["ltr"]["SST-2 vs random_init"] == f"-3.50, p={p_ltr:.3f}: does not beat"
+    # A perplexity column (exp of a loss): lower is better, so mlm's lower one beats the control.
+    import math
+    mlm_ppl, control_ppl = [math.exp(1.0), math.exp(2.0)], [math.exp(1.5), math.exp(2.5)]
+    p_ppl = _welch_p_greater(control_ppl, mlm_ppl)  # the control's perplexity above mlm's
+    assert rows["mlm"]["NER vs random_init"].startswith("-") and f"p={p_ppl:.3f}" in rows["mlm"]["NER vs random_init"]
+    sweep_lib.write_tables(tmp_path, *sweep_lib.summarise(runs), (MULTI["paper"], header, table),
+                           sweep_lib.detectable_differences(runs, MULTI["paper"]))
     text = (tmp_path / "results.md").read_text()
     assert text.startswith("## Table X\n\nPaper: Devlin et al. 2019, Table X\n") and "## All final metrics" in text
+    assert "Detectable at this budget: SST-2: detects differences >= " in text
     assert (tmp_path / "paper_table.csv").read_text().splitlines()[0].startswith(
-        "variant,paper row,seeds,pretrained encoder,SST-2 (ours)")
+        "variant,paper row,seeds,pretrained encoder,SST-2 (ours),SST-2 vs random_init")
+
+
+def test_detectable_difference_follows_the_seed_spread(monkeypatch):
+    """(t(0.95, df) + t(0.8, df)) * pooled std * sqrt(2 / n): with 3 rows of 2 seeds, df = 3."""
+    runs = [sweep_lib.Run(v, s, (sweep_lib.Stage("sentiment", "c.py", pathlib.Path("/nonexistent"), {}),))
+            for v in ("a", "b", "random_init") for s in (0, 1)]
+    values = {("a", 0): 0.70, ("a", 1): 0.72, ("b", 0): 0.60, ("b", 1): 0.66, ("random_init", 0): 0.5,
+              ("random_init", 1): 0.5}
+    paper = {"columns": ["SST-2"], "rows": {"a": ["A", 93.0], "b": ["B", 90.0]}, "ours": {"SST-2": "sentiment/accuracy"}}
+    run_of = {id(stage): run for run in runs for stage in run.stages}
+    monkeypatch.setattr(sweep_lib, "_final_metrics", lambda stage: {
+        "sentiment/accuracy": values[(run_of[id(stage)].variant, run_of[id(stage)].seed)]})
+    line = sweep_lib.detectable_differences(runs, paper)
+    pooled = ((2.0 ** 2 / 2 + 6.0 ** 2 / 2 + 0.0) / 3) ** 0.5  # per-row variances of (70, 72), (60, 66), (50, 50)
+    expected = (2.353 + 0.978) * pooled * (2 / 2) ** 0.5  # t(0.95, 3) = 2.353, t(0.8, 3) = 0.978 (tables)
+    got = float(line.split(">= ")[1].split(" ")[0])
+    assert got == pytest.approx(expected, abs=0.02)
+    assert "differ by up to 3.00, so none of its differences" in line
+
+
+def test_a_paper_table_without_its_control_row_is_an_error():
+    variants = {k: v for k, v in MULTI["variants"].items() if k != "random_init"}
+    with pytest.raises(ValueError, match="needs a 'random_init' variant"):
+        sweep_lib.check_sweep({**MULTI, "variants": variants}, "f.py")
 
 
 def test_a_variant_whose_encoder_collapsed_is_marked_in_both_tables(tmp_path):

@@ -7,6 +7,8 @@ minutes a variant); on an accelerator raise `train.num_steps` and `train.batch_s
 PRETRAIN_BUDGET, or pass a bigger model preset.
 """
 
+from bert_jax.sweep import CONTROL
+
 VOCAB = "$BERT_JAX_DATA/vocab/bert-base-uncased-vocab.txt"
 CORPUS = "$BERT_JAX_DATA/corpus/*.txt"
 
@@ -172,6 +174,12 @@ def check_budget(budget: str, source: str) -> None:
         raise ValueError(f"{source}: unknown budget {budget!r}; expected one of {BUDGETS}")
 
 
+# Every paper table's control row (bert_jax.sweep requires it): the same architecture and
+# vocabulary, not pretrained (an evaluation-only run of the fresh model saves it), fine-tuned by
+# the same commands. A row that does not beat it shows no effect of pretraining at all.
+RANDOM_INIT_CONTROL = {CONTROL: {"pretrain": {"train.num_steps": 0, "optimizer.warmup_steps": 0}}}
+
+
 def paper_sweep(budget: str, *, variants: dict, evaluations: tuple[str, ...], paper: dict, preset: str = "tiny",
                 data: str = STATIC, seeds=(0, 1)) -> dict:
     """A paper-table sweep at `budget`: pretraining of every variant on instances `data` (static
@@ -196,7 +204,7 @@ def paper_sweep(budget: str, *, variants: dict, evaluations: tuple[str, ...], pa
         "pretrain": pretrain,
         "common": common,
         "evaluations": chosen,
-        "variants": variants,
+        "variants": {**variants, **RANDOM_INIT_CONTROL},
         "seeds": list(seeds) if budget == "cpu" else [0],
         "paper": {"citation": PAPER, **paper, "ours": ours},
     }

@@ -49,7 +49,10 @@ def get_sweep(budget: str = "cpu"):
         sweep = common.paper_sweep(budget, variants=variants, evaluations=("ner",), paper=PAPER_TABLE)
     else:  # fine-tuning only, from MiniLM; the fine-tuning rate of tests/test_learning_tasks.py
         ner = common.CPU_EVALUATIONS["ner"]
-        sweep = {"evaluations": {"ner": {"config": ner["config"], "overrides": {
+        # The control: MiniLM's architecture and vocabulary from random init, fine-tuned alike.
+        variants[common.CONTROL] = {"finetune": {"init_from": "{data}/random_init"}}
+        sweep = {"prepare": {"random_init": ["bert_jax.random_init", "--like", MINILM, "--out", "{out}"]},
+                 "evaluations": {"ner": {"config": ner["config"], "overrides": {
                      **ner["overrides"], "init_from": MINILM, "optimizer.learning_rate": 3e-4}}},
                  "variants": variants, "seeds": [0, 1],
                  "paper": {"citation": common.PAPER, **PAPER_TABLE, "ours": {"NER": "ner/f1"}}}
