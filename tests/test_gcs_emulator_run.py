@@ -92,8 +92,9 @@ def test_metrics_and_tensorboard_reach_the_bucket_and_a_resume_cuts_them(gcs, em
     assert tensorboard_scalars(local / "train", "loss") == [(1, 9.0), (2, 8.0), (3, 7.0), (4, 0.5)]
 
 
-def _kill_at(workdir, step, gcs, cwd):
-    """Starts the run and SIGKILLs it once the bucket's metrics.jsonl shows `step`."""
+def _kill_after(workdir, checkpoint, gcs, cwd):
+    """Starts the run and SIGKILLs it once the bucket holds the committed checkpoint `checkpoint`
+    and metrics.jsonl rows after it (uploaded every few seconds and before each save)."""
     process = subprocess.Popen(_main(workdir, *COMMON), cwd=cwd, env=_env(gcs), stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     name = workdir[len("gs://bucket/"):] + "/metrics.jsonl"
@@ -102,7 +103,9 @@ def _kill_at(workdir, step, gcs, cwd):
         while True:
             assert time.monotonic() < deadline, "the run did not reach the step in time"
             assert process.poll() is None, process.stderr.read()[-3000:]
-            if name in gcs.listing(name) and any(r["step"] >= step for r in _jsonl(gcs, name)):
+            committed = workdir[len("gs://bucket/"):] + f"/checkpoints/{checkpoint}/commit_success.txt"
+            if (committed in gcs.listing(committed) and name in gcs.listing(name)
+                    and any(r["step"] > checkpoint for r in _jsonl(gcs, name))):
                 break
             time.sleep(0.1)
         reached = max(r["step"] for r in _jsonl(gcs, name))
@@ -115,15 +118,29 @@ def _kill_at(workdir, step, gcs, cwd):
             process.communicate(timeout=60)
 
 
+@pytest.fixture(scope="module")
+def killed_run(gcs, tmp_path_factory):
+    """A straight run in a local workdir, and the same run in gs://bucket/killed, SIGKILLed after
+    its first checkpoint and rerun to the end; both from an empty directory that stays empty."""
+    root = tmp_path_factory.mktemp("gs_run")
+    cwd = root / "cwd"
+    cwd.mkdir()
+    run_main(root / "straight", *COMMON)  # the reference
+    workdir = "gs://bucket/killed"
+    reached = _kill_after(workdir, EVERY, gcs, cwd)  # steps after the checkpoint are lost
+    _run(_main(workdir, *COMMON), gcs, cwd)
+    left = sorted(str(p.relative_to(cwd)) for p in cwd.rglob("*"))
+    assert not left, f"a gs:// run wrote to local disk instead of the bucket: {left[:20]}"
+    return workdir, root / "straight", reached
+
+
 @pytest.mark.slow
-def test_gs_workdir_killed_between_checkpoints_resumes_bitwise_and_is_read_back(gcs, empty_cwd, tmp_path):
+def test_gs_workdir_killed_between_checkpoints_resumes_bitwise_and_is_read_back(gcs, killed_run, empty_cwd,
+                                                                                tmp_path):
     from tests.test_run_config import tensorboard_scalars
 
-    run_main(tmp_path / "straight", *COMMON)  # the reference: a straight run in a local workdir
-    straight = losses_by_step(tmp_path / "straight")
-    workdir = "gs://bucket/killed"
-    reached = _kill_at(workdir, 9, gcs, empty_cwd)  # after the checkpoint of step 6
-    _run(_main(workdir, *COMMON), gcs, empty_cwd)
+    workdir, straight_dir, reached = killed_run
+    straight = losses_by_step(straight_dir)
 
     # The records, read from the emulator: one row per step, the straight run's losses bit for bit.
     rows = [r for r in _jsonl(gcs, "killed/metrics.jsonl") if r["split"] == "train"]
@@ -132,7 +149,7 @@ def test_gs_workdir_killed_between_checkpoints_resumes_bitwise_and_is_read_back(
     starts = _jsonl(gcs, "killed/starts.jsonl")
     assert [s["restored_step"] for s in starts][0] is None and len(starts) == 2
     restored = starts[1]["restored_step"]
-    assert restored is not None and restored % EVERY == 0 and restored < reached, (starts, reached)
+    assert restored is not None and restored % EVERY == 0 and EVERY <= restored < reached, (starts, reached)
     results = json.loads(gcs.read("killed/results.json"))
     assert results["step"] == STEPS and not results["preempted"]
     tb = _download(gcs, "killed/tensorboard/", tmp_path / "tb")
@@ -169,13 +186,13 @@ def test_gs_workdir_killed_between_checkpoints_resumes_bitwise_and_is_read_back(
     from bert_jax import run_checkpoints
     from bert_jax.checkpoints import flatten, load_pretrained
 
-    expected, _ = run_checkpoints.restore_params(tmp_path / "straight")
+    expected, _ = run_checkpoints.restore_params(straight_dir)
     expected = flatten(expected)
     restored = np.load(out / "restored.npz")
     assert sorted(restored.files) == sorted(expected)
     for name, value in expected.items():
         assert np.array_equal(restored[name], value), name
-    _, local_loaded = load_pretrained(str(tmp_path / "straight"))
+    _, local_loaded = load_pretrained(str(straight_dir))
     loaded, (_, converted) = np.load(out / "loaded.npz"), load_pretrained(str(out / "converted"))
     for name, value in flatten(local_loaded).items():
         assert np.array_equal(loaded[name], value), name
@@ -183,11 +200,10 @@ def test_gs_workdir_killed_between_checkpoints_resumes_bitwise_and_is_read_back(
 
 
 @pytest.mark.slow
-def test_fine_tuning_from_a_gs_run_writes_its_predictions_to_the_bucket(gcs, empty_cwd, tmp_path):
+def test_fine_tuning_from_a_gs_run_writes_its_predictions_to_the_bucket(gcs, killed_run, empty_cwd, tmp_path):
     """init_from=gs://... (load_pretrained through orbax) and the TSV task's predictions file
     through etils.epath, into a gs:// workdir."""
-    pretrain = "gs://bucket/pretrained"
-    _run(_main(pretrain, "--config.train.num_steps=2", "--config.checkpoint.every_steps=2"), gcs, empty_cwd)
+    pretrain = killed_run[0]
     vocab = tmp_path / "vocab.txt"
     words = [f"w{i}" for i in range(1024 - 5)]
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
