@@ -24,7 +24,7 @@ SHARES = {
 }
 
 PAPER_TABLE = {
-    "title": "Table 8: ablation over masking strategies (dev set; BERT-base)",
+    "title": "Table 8: ablation over different masking strategies (dev set)",
     "columns": ["MNLI", "NER", "NER feature-based"],
     "rows": {
         "mask80_same10_rnd10": ["80% / 10% / 10%", 84.2, 95.4, 94.9],
