@@ -24,8 +24,9 @@ fixed masked held-out set:
 
 Time counts data preparation (create_pretraining_data / the reference's tokenisation, once per
 side, shared by the seeds) plus start-up, compilation and the training steps; evaluations and
-checkpoint saves are not counted. Outputs in W: `curves.csv` (side, seed, step, tokens, seconds,
-heldout_loss), `curves.png` (loss against tokens and against seconds), `summary.md` (the table
+checkpoint saves are not counted. CPU seconds (user + system, every thread) are recorded beside wall
+seconds: on a shared machine they are the fairer clock. Outputs in W: `curves.csv` (side, seed,
+step, tokens, seconds, cpu_seconds, heldout_loss, load_average), `curves.png` (loss against tokens and against seconds), `summary.md` (the table
 printed at the end). NSP has no reference: transformers 5 no longer ships
 `TextDatasetForNextSentencePrediction`, so only the MLM pair is compared.
 
@@ -44,6 +45,7 @@ import json
 import math
 import os
 import pathlib
+import resource
 import statistics
 import subprocess
 import sys
@@ -121,12 +123,12 @@ def score(model, heldout: dict[str, np.ndarray], batch_size: int = 64) -> float:
     return total / count
 
 
-def run_reference(args, seed: int, blocks: np.ndarray, tokenizer, heldout, prep_s: float, out: pathlib.Path) -> list[dict]:
+def run_reference(args, seed: int, blocks: np.ndarray, tokenizer, heldout, prep_s: tuple[float, float], out: pathlib.Path) -> list[dict]:
     """Trains BertForMaskedLM the way transformers' examples do; rows of the curve."""
     import torch
     from transformers import BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling, get_linear_schedule_with_warmup
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     torch.manual_seed(seed)
     model = BertForMaskedLM(BertConfig(vocab_size=tokenizer.vocab_size, **ARCHITECTURE))
     no_decay = ("bias", "LayerNorm.weight")
@@ -139,9 +141,10 @@ def run_reference(args, seed: int, blocks: np.ndarray, tokenizer, heldout, prep_
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
     order = np.random.default_rng(seed)
     queue: list[int] = []
-    rows, train_s = [], prep_s + (time.perf_counter() - start)
+    rows, train_s = [], prep_s[0] + (time.perf_counter() - start)
+    train_cpu = prep_s[1] + (time.process_time() - cpu_start)
     for step in range(1, args.steps + 1):
-        tick = time.perf_counter()
+        tick, cpu_tick = time.perf_counter(), time.process_time()
         if len(queue) < args.batch_size:  # a new epoch: a fresh shuffle
             queue += order.permutation(len(blocks)).tolist()
         chosen, queue = queue[:args.batch_size], queue[args.batch_size:]
@@ -155,8 +158,9 @@ def run_reference(args, seed: int, blocks: np.ndarray, tokenizer, heldout, prep_
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         train_s += time.perf_counter() - tick
+        train_cpu += time.process_time() - cpu_tick
         if step % args.eval_every == 0 or step == args.steps:
-            rows.append(_row("reference", seed, step, args, train_s, score(model, heldout)))
+            rows.append(_row("reference", seed, step, args, train_s, train_cpu, score(model, heldout)))
             print(json.dumps(rows[-1]), flush=True)
     (out / "done").write_text(json.dumps(rows))
     return rows
@@ -165,19 +169,26 @@ def run_reference(args, seed: int, blocks: np.ndarray, tokenizer, heldout, prep_
 # ---------------------------------------------------------------- ours (bert_jax, as a user runs it)
 
 
-def prepare_ours(args, out: pathlib.Path) -> float:
-    """create_pretraining_data on the training files; its wall seconds."""
+def prepare_ours(args, out: pathlib.Path) -> tuple[float, float]:
+    """create_pretraining_data on the training files; its (wall, CPU) seconds."""
     if (out / "instances" / "metadata.json").exists():
-        return json.loads((out / "prep.json").read_text())["seconds"]
-    tick = time.perf_counter()
+        prep = json.loads((out / "prep.json").read_text())
+        return prep["seconds"], prep["cpu_seconds"]
+    tick, cpu_tick = time.perf_counter(), _children_cpu()
     subprocess.run([sys.executable, "-m", "data_pipelines.create_pretraining_data",
                     "--input_file", ",".join(str(f) for f in args.train_files), "--output_dir", str(out / "instances"),
                     "--vocab_file", str(args.vocab), "--max_seq_length", str(args.seq_len),
                     "--mode", "full_sentences", "--no_masking", "--dupe_factor", "1"],
                    check=True, cwd=REPO, stdout=subprocess.DEVNULL)
-    seconds = time.perf_counter() - tick
-    (out / "prep.json").write_text(json.dumps({"seconds": seconds}))
-    return seconds
+    seconds, cpu_seconds = time.perf_counter() - tick, _children_cpu() - cpu_tick
+    (out / "prep.json").write_text(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds}))
+    return seconds, cpu_seconds
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of this process's finished children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _ours_command(args, seed: int, workdir: pathlib.Path, instances: pathlib.Path) -> list[str]:
@@ -195,7 +206,7 @@ def _ours_command(args, seed: int, workdir: pathlib.Path, instances: pathlib.Pat
             *[f"--config.{k}={v}" for k, v in overrides.items()]]
 
 
-def run_ours(args, seed: int, heldout, prep_s: float, out: pathlib.Path) -> list[dict]:
+def run_ours(args, seed: int, heldout, prep_s: tuple[float, float], out: pathlib.Path) -> list[dict]:
     """bert_jax.main in a subprocess, then every checkpoint exported to HF and scored."""
     from transformers import BertForMaskedLM
 
@@ -204,10 +215,10 @@ def run_ours(args, seed: int, heldout, prep_s: float, out: pathlib.Path) -> list
     from bert_jax.run_checkpoints import restore_params
 
     workdir = out / "run"
-    tick = time.perf_counter()
+    tick, cpu_tick = time.perf_counter(), _children_cpu()
     subprocess.run(_ours_command(args, seed, workdir, args.ours_instances), check=True, cwd=REPO,
                    stdout=open(out / "train.log", "w"), stderr=subprocess.STDOUT)
-    wall = time.perf_counter() - tick
+    wall, cpu = time.perf_counter() - tick, _children_cpu() - cpu_tick
     # Each train row covers the steps since the previous one: their step and data-wait seconds
     # count, its eval and checkpoint seconds do not.
     train_rows = [json.loads(line) for line in open(workdir / "metrics.jsonl") if '"train"' in line]
@@ -217,16 +228,19 @@ def run_ours(args, seed: int, heldout, prep_s: float, out: pathlib.Path) -> list
         previous = r["step"]
     excluded = sum(r["checkpoint_s"] + r["eval_s"] for r in train_rows)
     overhead = wall - sum(step_s.values()) - excluded  # process start-up, compilation, the final save
+    # The trainer's CPU seconds are known in total only: spread over its phases as its wall time is.
+    cpu_per_wall = cpu / wall
     bert_config = load_config(workdir)
-    rows, elapsed = [], prep_s + overhead
+    rows, elapsed, elapsed_cpu = [], prep_s[0] + overhead, prep_s[1] + overhead * cpu_per_wall
     for step in sorted(step_s):
         elapsed += step_s[step]
+        elapsed_cpu += step_s[step] * cpu_per_wall
         params, _ = restore_params(workdir, step)
         export = out / "export"
         save_pretrained(params, bert_config, export, format="hf")
         model = BertForMaskedLM.from_pretrained(export)
         rows.append(_row("ours" + (f"+{args.plant_bug}" if args.plant_bug else ""), seed, step, args, elapsed,
-                         score(model, heldout)))
+                         elapsed_cpu, score(model, heldout)))
         print(json.dumps(rows[-1]), flush=True)
     (out / "done").write_text(json.dumps(rows))
     return rows
@@ -260,20 +274,22 @@ def planted_main(bug: str, main_argv: list[str]) -> None:
 # ---------------------------------------------------------------- the comparison
 
 
-def _row(side, seed, step, args, seconds, loss) -> dict:
+def _row(side, seed, step, args, seconds, cpu_seconds, loss) -> dict:
     return {"side": side, "seed": seed, "step": step, "tokens": step * args.batch_size * args.seq_len,
-            "seconds": round(seconds, 2), "heldout_loss": round(loss, 5)}
+            "seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2), "heldout_loss": round(loss, 5),
+            "load_average": round(os.getloadavg()[0], 2)}
 
 
-def time_to_loss(rows: list[dict], target: float) -> float | None:
-    """Seconds at which a run's curve first reaches `target` (linear between evaluations)."""
+def time_to_loss(rows: list[dict], target: float, clock: str = "seconds") -> float | None:
+    """`clock` (seconds or cpu_seconds) at which a run's curve first reaches `target`, linear
+    between evaluations; None if it never does."""
     previous = None
     for row in rows:
         if row["heldout_loss"] <= target:
             if previous is None:
-                return row["seconds"]
+                return row[clock]
             fraction = (previous["heldout_loss"] - target) / (previous["heldout_loss"] - row["heldout_loss"])
-            return previous["seconds"] + fraction * (row["seconds"] - previous["seconds"])
+            return previous[clock] + fraction * (row[clock] - previous[clock])
         previous = row
     return None
 
@@ -297,15 +313,20 @@ def summarise(runs: dict[tuple[str, int], list[dict]], unigram: float) -> list[s
                 continue
             gap = statistics.mean(finals[side]) / target - 1
             lines.append(f"\n{side}: final loss {100 * gap:+.2f}% against the reference (goal: at most +2%).")
-            times = {s: [time_to_loss(rows, target) for (name, _), rows in runs.items() if name == s]
-                     for s in (side, "reference")}
-            if all(t is not None for t in times[side]):
-                ratio = statistics.mean(times["reference"]) / statistics.mean(times[side])
-                lines.append(f"{side}: seconds to the reference's mean final loss {target:.4f}, data preparation "
-                             f"included: {statistics.mean(times[side]):.0f} against "
-                             f"{statistics.mean(times['reference']):.0f} ({ratio:.2f}x).")
-            else:
-                lines.append(f"{side}: does not reach the reference's mean final loss {target:.4f} in every seed.")
+            for clock in ("seconds", "cpu_seconds"):
+                times = {s: [time_to_loss(rows, target, clock) for (name, _), rows in runs.items() if name == s]
+                         for s in (side, "reference")}
+                if all(t is not None for t in times[side] + times["reference"]):
+                    ratio = statistics.mean(times["reference"]) / statistics.mean(times[side])
+                    lines.append(f"{side}: {clock.replace('_', ' ')} to the reference's mean final loss "
+                                 f"{target:.4f}, data preparation included: {statistics.mean(times[side]):.0f} "
+                                 f"against {statistics.mean(times['reference']):.0f} ({ratio:.2f}x).")
+                else:
+                    lines.append(f"{side}: does not reach the reference's mean final loss {target:.4f} in every seed.")
+                    break
+    loads = [row["load_average"] for rows in runs.values() for row in rows]
+    lines.append(f"\nLoad average (1 min) at the evaluations: {min(loads):.1f} to {max(loads):.1f} "
+                 f"on {os.cpu_count()} cores; wall seconds are comparable only at equal load, CPU seconds less so.")
     return lines
 
 
@@ -323,14 +344,15 @@ def plot(runs: dict[tuple[str, int], list[dict]], path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
     colors = {}
     for (side, seed), rows in sorted(runs.items()):
         color = colors.setdefault(side, f"C{len(colors)}")
-        for ax, x in zip(axes, ("tokens", "seconds")):
+        for ax, x in zip(axes, ("tokens", "seconds", "cpu_seconds")):
             ax.plot([r[x] for r in rows], [r["heldout_loss"] for r in rows], color=color, alpha=0.8,
                     label=side if seed == min(s for n, s in runs if n == side) else None)
-    for ax, x in zip(axes, ("training tokens", "seconds (data preparation + training)")):
+    for ax, x in zip(axes, ("training tokens", "wall seconds (data preparation + training)",
+                            "CPU seconds (data preparation + training)")):
         ax.set_xlabel(x)
         ax.set_ylabel("held-out MLM loss (nats)")
         ax.legend()
@@ -380,9 +402,9 @@ def main(argv=None) -> int:
             out.mkdir(parents=True, exist_ok=True)
             if side == "reference":
                 if blocks is None:
-                    tick = time.perf_counter()
+                    tick, cpu_tick = time.perf_counter(), time.process_time()
                     blocks = hf_blocks(tokenizer, args.train_files, args.seq_len)
-                    reference_prep = time.perf_counter() - tick
+                    reference_prep = (time.perf_counter() - tick, time.process_time() - cpu_tick)
                 runs[(name, seed)] = run_reference(args, seed, blocks, tokenizer, heldout, reference_prep, out)
             else:
                 args.ours_instances = work / "ours_data" / "instances"
@@ -398,7 +420,8 @@ def main(argv=None) -> int:
                tokenizer.unk_token_id}
     lines = summarise(runs, unigram_loss(blocks, heldout, tokenizer.vocab_size, special))
     with open(work / "curves.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["side", "seed", "step", "tokens", "seconds", "heldout_loss"])
+        writer = csv.DictWriter(f, fieldnames=["side", "seed", "step", "tokens", "seconds", "cpu_seconds",
+                                               "heldout_loss", "load_average"])
         writer.writeheader()
         for rows in runs.values():
             writer.writerows(rows)
