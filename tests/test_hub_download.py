@@ -220,3 +220,30 @@ def test_a_partial_file_planted_under_its_final_name_is_named_offline_and_fetche
     assert f"GET /{REPO_ID}/resolve/{MAIN}/model.safetensors" in hub.log[before:]
     _assert_params(tmp_path / "online.npz", _expected(hub, MAIN))
     assert blob.read_bytes() == data
+
+
+@pytest.mark.slow
+def test_init_from_a_hub_id_fine_tunes_offline_from_the_downloaded_cache(hub, tmp_path):
+    """The trainer's own path: a first process downloads the id into the cache, then
+    `bert_jax.main --config.init_from=org/name` fine-tunes from it with HF_HUB_OFFLINE=1 (the
+    vocabulary comes from the snapshot too) and sends the Hub no request."""
+    cache = tmp_path / "cache"
+    result = _load(hub, cache, REPO_ID, tmp_path / "download.npz")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [(" ".join(VOCAB[5 + i:9 + i]), "pos" if i % 2 else "neg") for i in range(32)]
+    data = tmp_path / "train.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"{s}\t{label}\n" for s, label in rows))
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    before = len(hub.log)
+    run = subprocess.run(
+        [sys.executable, "-m", "bert_jax.main", f"--config={repo}/experiments/finetune_tsv.py",
+         f"--workdir={tmp_path / 'run'}", f"--config.train_file={data}", f"--config.eval_file={data}",
+         f"--config.init_from={REPO_ID}", "--config.max_seq_length=16", "--config.num_epochs=1",
+         "--config.train.batch_size=16", "--config.train.eval_batch_size=16", "--config.logging.tensorboard=False",
+         "--config.logging.progress_bar=False", "--config.logging.peak_flops_per_device=1e11"],
+        cwd=repo, env=_env(hub, cache, offline=True), capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert hub.log[before:] == []
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["init_from"] == REPO_ID and results["step"] == 2  # ceil(32 / 16)
+    assert results["config"]["model"]["hidden_size"] == 64  # the Hub model's, not a preset's
