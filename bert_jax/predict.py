@@ -15,6 +15,7 @@ import numpy as np
 from flax import linen as nn
 
 from bert_jax import sharding
+from bert_jax.batch_checks import check_index_ranges
 from bert_jax.metrics_logging import eval_progress
 from bert_jax.train_utils import merge_pretrained, param_layout
 
@@ -53,8 +54,9 @@ class Predictor:
     evaluation, GLUE's test-set predictions (`tasks.glue.write_test_predictions`) and
     `benchmarks/mlm_eval.py` all run through it (`pretrained_predictor` for a loaded checkpoint)."""
 
-    def __init__(self, task, model, mesh, rules, param_shardings, vocab_size: int):
+    def __init__(self, task, model, mesh, rules, param_shardings, vocab_size: int, type_vocab_size: int | None = None):
         self.mesh, self.rules, self.vocab_size = mesh, rules, int(vocab_size)
+        self.type_vocab_size = type_vocab_size  # given: segment ids, masked positions, NSP labels range-checked too
         self.data_parallel = sharding.data_parallel_size(mesh)
         self._step = jax.jit(lambda params, batch: task.predict(model, params, batch),
                              in_shardings=(param_shardings, sharding.batch_sharding(mesh, 1)),
@@ -68,6 +70,8 @@ class Predictor:
             for i, global_batch in enumerate(eval_progress(batches, enabled=progress)):
                 what = f"eval batch {i + 1} of {where}"
                 check_token_ids(global_batch, self.vocab_size, what)
+                if self.type_vocab_size is not None:
+                    check_index_ranges(global_batch, self.type_vocab_size, what)
                 rows = next(iter(global_batch.values())).shape[0]
                 if rows % self.data_parallel:
                     raise ValueError(f"{what}: {rows} rows are not divisible by the {self.data_parallel} "
@@ -99,4 +103,5 @@ def pretrained_predictor(task, bert_config, loaded_params, source: str, mesh_con
         raise ValueError(f"{source}: the checkpoint lacks {len(missing)} parameter(s) that "
                          f"{type(model).__name__} needs to predict: {', '.join(missing[:8])}")
     params = jax.device_put(merged, param_shardings)
-    return Predictor(task, model, mesh, rules, param_shardings, bert_config.vocab_size), params
+    return Predictor(task, model, mesh, rules, param_shardings, bert_config.vocab_size,
+                     bert_config.type_vocab_size), params

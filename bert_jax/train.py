@@ -270,7 +270,8 @@ def _train_and_evaluate(config, workdir, task, devices, return_state: bool, lock
 
         train_step = run.jit_train_step(task)
         compiled_step, compile_time_s, step_facts, compile_logged = None, None, None, False
-        predictor = Predictor(task, run.model, mesh, run.rules, run.layout.param_shardings, bert_config.vocab_size)
+        predictor = Predictor(task, run.model, mesh, run.rules, run.layout.param_shardings, bert_config.vocab_size,
+                              bert_config.type_vocab_size)
         params_finite = jax.jit(train_utils.all_finite)
 
         step = int(jax.device_get(state.step))

@@ -27,3 +27,20 @@ def test_a_valid_batch_passes():
 def test_out_of_range_named(field, value, message):
     with pytest.raises(ValueError, match=message):
         check_index_ranges(_batch(**{field: value}), 2, "step 3")
+
+
+def test_eval_batches_are_checked_too():
+    """The Predictor (every evaluation) checks the same ranges when it knows type_vocab_size."""
+    import jax
+    from flax import linen as nn
+
+    from bert_jax import sharding
+    from bert_jax.predict import Predictor
+    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+
+    class Task:
+        def predict(self, model, params, batch):
+            return {"x": batch["input_ids"]}
+    predictor = Predictor(Task(), None, mesh, sharding.axis_rules("data_parallel"), None, 10, type_vocab_size=2)
+    with pytest.raises(ValueError, match=r"eval batch 1 of dev.tsv: batch field 'token_type_ids' holds 7"):
+        predictor(None, [_batch(token_type_ids=np.full((2, 8), 7))], "dev.tsv")
