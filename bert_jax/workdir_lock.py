@@ -126,8 +126,8 @@ class _LocalLock:
 
     def _write(self):
         data = json.dumps(_record(self.started)).encode() + b"\n"
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, data, 0)
+        os.pwrite(self.fd, data, 0)  # then cut: a reader never sees an empty file while we hold it
+        os.ftruncate(self.fd, len(data))
 
     def release(self):
         self._heartbeat.stop()
