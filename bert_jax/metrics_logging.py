@@ -269,8 +269,9 @@ class ProgressBar:
 
 
 def eval_progress(batches, enabled: bool = True):
-    """`batches` with a tqdm bar over the evaluation (batches done, rate), only on a terminal."""
-    if not (enabled and sys.stdout.isatty()):
+    """`batches` with a tqdm bar over the evaluation (batches done, rate), only on a terminal and
+    only when there is something to evaluate (no empty "eval: 0batch" bar)."""
+    if not (enabled and sys.stdout.isatty()) or (hasattr(batches, "__len__") and len(batches) == 0):
         return batches
     from tqdm import tqdm
     return tqdm(batches, desc="eval", unit="batch", leave=False, dynamic_ncols=True)

@@ -352,6 +352,17 @@ def execute(run: Run) -> str:
     return f"{run.variant} seed {run.seed}: done"
 
 
+def shell_line(command: list[str]) -> str:
+    """A command line that runs as pasted into a POSIX shell. An argument holding an environment
+    variable the sweep could not expand ($BERT_JAX_DATA unset here, set on the cluster) goes in
+    double quotes, so the shell that runs it expands it; everything else is quoted by shlex."""
+    def quote(arg: str) -> str:
+        if "$" in arg:
+            return '"' + "".join("\\" + c if c in '"\\`' else c for c in arg) + '"'
+        return shlex.quote(arg)
+    return " ".join(quote(arg) for arg in command)
+
+
 def _read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
@@ -675,10 +686,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.print_commands:
         for step in prepare:
-            print(shlex.join(step.command()))
+            print(shell_line(step.command()))
         for run in runs:
             for stage in run.stages:
-                print(shlex.join(stage.command()))
+                print(shell_line(stage.command()))
         return 0
 
     workdir.mkdir(parents=True, exist_ok=True)

@@ -346,3 +346,20 @@ def test_ablation_file_argument_reaches_get_sweep(tmp_path):
                     "    return {'pretrain': 'p.py', 'common': {'budget': budget}, 'variants': {'v': {}}}\n")
     assert sweep_lib.load_sweep(str(path))["common"] == {"budget": "cpu"}
     assert sweep_lib.load_sweep(f"{path}:paper")["common"] == {"budget": "paper"}
+
+
+def test_printed_commands_run_as_pasted_with_the_variables_of_the_shell_that_runs_them(tmp_path, capsys,
+                                                                                        monkeypatch):
+    """With $BERT_JAX_DATA unset where the commands are printed (set on the cluster), each line,
+    run by bash, hands bert_jax.main the expanded path; shlex's single quotes would not."""
+    import subprocess
+    monkeypatch.delenv("BERT_JAX_DATA", raising=False)
+    path = tmp_path / "a.py"
+    path.write_text("def get_sweep():\n    return {'pretrain': 'p.py', 'variants': {'v': {'data.input_files': "
+                    "'$BERT_JAX_DATA/corpus/*.txt', 'data.vocab_file': 'a b.txt'}}}\n")
+    assert sweep_lib.main([str(path), "--workdir", str(tmp_path / "w"), "--print_commands"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[0]
+    echoed = subprocess.run(["bash", "-c", "printf '%s\\n' " + line], capture_output=True, text=True,
+                            env={"BERT_JAX_DATA": "/cluster/data", "PATH": "/usr/bin:/bin"}).stdout.splitlines()
+    assert "--config.data.input_files=/cluster/data/corpus/*.txt" in echoed
+    assert "--config.data.vocab_file=a b.txt" in echoed
