@@ -98,3 +98,20 @@ def test_local_paths_are_not_taken_for_hub_ids(tmp_path):
     assert hub.looks_like_hub_id("google-bert/bert-base-uncased") and hub.looks_like_hub_id("bert-base-uncased")
     with pytest.raises(CheckpointError, match="does not exist"):
         load_pretrained(str(tmp_path / "missing" / "dir"))
+
+
+def test_a_relative_path_that_does_not_exist_is_named_as_both_a_path_and_a_hub_id(tmp_path, monkeypatch):
+    """`runs/pretrain` mistyped (or run from another folder) looks like a Hub id: one line names the
+    local path it looked for and the Hub id it tried."""
+    import pytest
+    from huggingface_hub import constants
+
+    from bert_jax.checkpoints import CheckpointError, hub
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(CheckpointError) as error:
+        hub.resolve("runs/pretrain")
+    message = str(error.value)
+    assert f"nothing at {tmp_path / 'runs' / 'pretrain'}" in message
+    assert "Hugging Face Hub id 'runs/pretrain'" in message and "\n" not in message

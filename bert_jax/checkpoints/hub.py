@@ -45,7 +45,7 @@ def resolve(path: str | os.PathLike) -> str:
         from huggingface_hub import constants
     except ImportError:
         raise CheckpointError(
-            f"{path} is not a local path, and resolving it as a Hugging Face Hub id needs huggingface_hub "
+            f"{path} is not a local path (nothing at {os.path.abspath(path)}), and resolving it as a Hugging Face Hub id needs huggingface_hub "
             f"(pip install huggingface_hub)") from None
     repo_id, _, revision = path.partition("@")
     cache_dir = constants.HF_HUB_CACHE
@@ -57,7 +57,7 @@ def resolve(path: str | os.PathLike) -> str:
         snapshot = None
         if constants.HF_HUB_OFFLINE:
             raise CheckpointError(
-                f"{path} is not a local path, and {where} is not in the cache {cache_dir} "
+                f"{path} is not a local path (nothing at {os.path.abspath(path)}), and {where} is not in the cache {cache_dir} "
                 f"(HF_HUB_OFFLINE is set, so nothing is downloaded): {type(cached_error).__name__}. "
                 f"Download it on a machine with a network (huggingface-cli download {repo_id}) into that "
                 f"cache, set HF_HUB_CACHE / HF_HOME to a cache that has it, or pass a local directory") from None
@@ -77,7 +77,7 @@ def resolve(path: str | os.PathLike) -> str:
                                                      allow_patterns=ALLOW_PATTERNS)
     except Exception as e:  # RepositoryNotFoundError, RevisionNotFoundError, connection errors, ...
         raise CheckpointError(
-            f"{path} is not a local path, and {where} is neither in the cache {cache_dir} nor downloadable "
+            f"{path} is not a local path (nothing at {os.path.abspath(path)}), and {where} is neither in the cache {cache_dir} nor downloadable "
             f"from {constants.ENDPOINT}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     damaged = damaged_files(snapshot)
     if damaged:
