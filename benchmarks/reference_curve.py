@@ -178,6 +178,7 @@ def prepare_ours(args, out: pathlib.Path) -> tuple[float, float]:
     subprocess.run([sys.executable, "-m", "data_pipelines.create_pretraining_data",
                     "--input_file", ",".join(str(f) for f in args.train_files), "--output_dir", str(out / "instances"),
                     "--vocab_file", str(args.vocab), "--max_seq_length", str(args.seq_len),
+                    "--max_predictions_per_seq", str(max_predictions(args)),
                     "--mode", "full_sentences", "--no_masking", "--dupe_factor", "1"],
                    check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     seconds, cpu_seconds = time.perf_counter() - tick, _children_cpu() - cpu_tick
@@ -191,10 +192,15 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def max_predictions(args) -> int:
+    """Masked positions per row of ours: 15% of the sequence, rounded up (RoBERTa's 77 at 512)."""
+    return math.ceil(0.15 * args.seq_len)
+
+
 def _ours_command(args, seed: int, workdir: pathlib.Path, instances: pathlib.Path) -> list[str]:
     overrides = {
         "data.input_files": f"{instances}/*.array_record", "data.vocab_file": args.vocab,
-        "data.max_seq_length": args.seq_len, "data.max_predictions_per_seq": math.ceil(0.15 * args.seq_len),
+        "data.max_seq_length": args.seq_len, "data.max_predictions_per_seq": max_predictions(args),
         "train.batch_size": args.batch_size, "train.num_steps": args.steps, "train.log_every": args.eval_every,
         "optimizer.learning_rate": args.lr, "optimizer.warmup_steps": args.warmup, "optimizer.b2": 0.999,
         "checkpoint.every_steps": args.eval_every, "checkpoint.keep": args.steps, "checkpoint.keep_best": False,
