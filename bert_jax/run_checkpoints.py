@@ -34,7 +34,7 @@ from etils import epath
 
 from bert_jax.checkpoints import checksums as checksums_lib
 from bert_jax.checkpoints.validation import CheckpointError
-from bert_jax.workdir import CHECKPOINT_DIR, DAMAGED_DIR
+from bert_jax.workdir import CHECKPOINT_DIR, DAMAGED_DIR, WorkdirError, read_json
 
 log = logging.getLogger("bert_jax.run_checkpoints")
 
@@ -335,11 +335,7 @@ def _verify(directory: epath.Path, step: int, tree: Any, where: str, prefix: str
 
 def _read_checksums(path: epath.Path) -> dict:
     # JsonSave writes the item as <item>/metadata (beside it orbax may leave commit_success.txt).
-    file = path / "metadata"
     try:
-        data = json.loads(file.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{file}: unreadable checksums ({e})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{file}: expected a JSON object of checksums, found {type(data).__name__}")
-    return data
+        return read_json(path / "metadata")
+    except WorkdirError as e:  # a damaged checkpoint, which restore_newest falls back from
+        raise CheckpointError(f"unreadable checksums: {e}") from None
