@@ -175,3 +175,33 @@ def test_gcs_without_client_library_warns(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, "bert_jax.workdir_lock"):
         WorkdirLock("gs://b/x").acquire().release()
     assert "not locked against a second run (google-cloud-storage is not installed, or has no client)" in caplog.text
+
+
+# ---------------------------------------------------------------- gs:// against a real GCS API
+
+
+def test_gcs_lock_against_the_emulator_refuses_a_second_run_and_is_released(tmp_path, monkeypatch):
+    """The same lock through google-cloud-storage against fake-gcs-server (tests/gcs_emulator.py),
+    which keeps object generations and honours ifGenerationMatch: the lock object exists in the
+    bucket while held, a second start is refused naming the holder, and release deletes it."""
+    from bert_jax.workdir_lock import WorkdirLock, WorkdirLocked
+    from tests.gcs_emulator import GcsEmulator
+
+    emulator = GcsEmulator(tmp_path).start()
+    try:
+        for key, value in emulator.env.items():
+            monkeypatch.setenv(key, value)
+        held = WorkdirLock("gs://bucket/run").acquire()
+        try:
+            assert "run/run.lock" in emulator.listing("run/")
+            record = json.loads(emulator.read("run/run.lock"))
+            assert record["pid"] == os.getpid()
+            with pytest.raises(WorkdirLocked, match=f"pid {os.getpid()}"):
+                WorkdirLock("gs://bucket/run").acquire()
+        finally:
+            held.release()
+        assert "run/run.lock" not in emulator.listing("run/")
+        WorkdirLock("gs://bucket/run").acquire().release()  # free again
+        assert any("ifGenerationMatch=0" in r for r in emulator.requests())
+    finally:
+        emulator.stop()
