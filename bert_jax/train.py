@@ -345,6 +345,7 @@ def _train_and_evaluate(config, workdir, task, devices, return_state: bool, lock
                 if tc.nonfinite_policy == "skip":
                     skips.after_step(step, int(jax.device_get(state.nonfinite_steps)))
                 clock.steps += 1
+                bar.update(step)  # every step, so the bar and its ETA move between logged steps
                 if flops_per_token is None:
                     seq_len = int(batch["input_ids"].shape[1])
                     predictions = int(batch["masked_lm_positions"].shape[1]) if "masked_lm_positions" in batch else 0
