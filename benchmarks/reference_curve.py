@@ -339,7 +339,9 @@ def summarise(runs: dict[tuple[str, int], list[dict]], unigram: float) -> list[s
 
 
 def unigram_loss(blocks: np.ndarray, heldout, vocab_size: int, special: set[int]) -> float:
-    """The context-free baseline on the held-out set: add-one smoothed training frequencies."""
+    """The context-free baseline on the held-out set: add-one smoothed training frequencies of the
+    reference's tokens. Written here rather than calling bert_jax.tasks.unigram_baseline so that
+    nothing on the reference side runs our code."""
     counts = np.bincount(blocks.ravel(), minlength=vocab_size).astype(np.float64)
     counts[list(special)] = 0
     log_p = np.log((counts + 1) / (counts.sum() + vocab_size))

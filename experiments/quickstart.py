@@ -179,23 +179,17 @@ SPECIAL_PIECES = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 def unigram_baseline(train_patterns: str, heldout_patterns: str, vocab_file: pathlib.Path) -> float:
     """Masked-LM cross-entropy (nats) on the held-out instances of a model that ignores context:
     each masked token predicted by its frequency in the training instances (the original tokens,
-    masked positions restored; special tokens not counted), add-one smoothed over the vocabulary."""
-    import numpy as np
-
+    masked positions restored; special tokens not counted), add-one smoothed over the vocabulary:
+    the pretraining evaluation's own baseline (bert_jax.tasks.unigram_baseline), over whole files."""
+    from bert_jax.tasks import unigram_baseline as baseline
     from data_pipelines.record_files import read_pretraining_arrays
     from data_pipelines.tokenization import load_tokenizer
 
     tok = load_tokenizer(vocab_file)
-    train = read_pretraining_arrays(train_patterns)
-    ids = train["input_ids"].copy()
-    rows, cols = np.nonzero(train["masked_lm_weights"] > 0)
-    ids[rows, train["masked_lm_positions"][rows, cols]] = train["masked_lm_ids"][rows, cols]
-    counts = np.bincount(ids.ravel(), minlength=tok.vocab_size).astype(np.float64)
-    counts[list(tok.special_ids)] = 0
-    log_p = np.log((counts + 1) / (counts.sum() + tok.vocab_size))
+    counts = baseline.token_counts([read_pretraining_arrays(train_patterns)], tok.vocab_size, tok.special_ids)
     held = read_pretraining_arrays(heldout_patterns)
-    weights = held["masked_lm_weights"]
-    return float(-(log_p[held["masked_lm_ids"]] * weights).sum() / weights.sum())
+    loss, _ = baseline.loss_and_accuracy(baseline.log_probs(counts), held["masked_lm_ids"], held["masked_lm_weights"])
+    return loss
 
 
 def released_vocab_args(released: str) -> list[str]:

@@ -283,10 +283,11 @@ class PretrainingTask(Task):
         weight = np.concatenate([b["example_weight"] for b in batches]).astype(np.float64)
         metrics = {k: float(v) for k, v in losses_from_statistics(stats, weight, np).items()}
         metrics.update(representation.statistics(predictions, weight))
-        if self._unigram_log_probs() is not None:
+        unigram_log_probs = self._unigram_log_probs()
+        if unigram_log_probs is not None:
             targets = np.concatenate([p["target_ids"] for p in predictions])
             target_weights = np.concatenate([p["target_weights"] for p in predictions]) * weight[:, None]
-            loss, accuracy = unigram_baseline.loss_and_accuracy(self._unigram_log_probs(), targets, target_weights)
+            loss, accuracy = unigram_baseline.loss_and_accuracy(unigram_log_probs, targets, target_weights)
             metrics.update({"mlm_unigram_loss": loss, "mlm_unigram_accuracy": accuracy})
         return self._named(metrics)
 
