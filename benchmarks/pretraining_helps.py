@@ -1,0 +1,249 @@
+"""Does pretraining help at CPU scale? The CPU recipe's encoder against random init (issue 23).
+
+    python benchmarks/pretraining_helps.py --workdir workdirs/cpu [--parallel 2]
+
+Every stage is skipped when its output exists, so a killed run continues where it stopped:
+1. data: the tasks' unlabelled training text (benchmarks/in_domain_text.py); the shared corpus
+   without lee_news, plus that text, as 64-token rows of running text with no masks (masked at
+   load time); lee_news as held-out rows with static masks (the collapse statistics and the
+   held-out MLM loss);
+2. pretraining: `experiments/pretrain.py:cpu`, and its random-init control: the same config at
+   0 steps, i.e. the very weights the pretraining started from;
+3. fine-tuning: each task by its recipe in experiments/ablations/common.CPU_EVALUATIONS (the
+   paper tables' CPU fine-tuning), from each init, at every seed; sentiment and paraphrase also
+   on 100, 300 and 1,000 training rows (a fresh subset per seed, the same one for both inits);
+4. report: per task and label count, mean and std over seeds and the paired one-sided t-test
+   that pretrained beats random init (scipy), in `report.md`, with `label_curves.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bert_jax import sweep  # noqa: E402
+from experiments.ablations import common  # noqa: E402
+
+PRETRAINED, RANDOM_INIT = "pretrained", "random_init"
+TASKS = ("sentiment", "paraphrase", "ner")
+CURVE_TASKS = ("sentiment", "paraphrase")  # label-count curves (TSV tasks)
+METRICS = {key.split("/")[0]: key for key in common.STAND_INS["cpu"].values()}  # {"sentiment": "sentiment/accuracy", ...}
+ALL = "all"
+
+
+def data_steps(work: pathlib.Path) -> list[sweep.Prepare]:
+    """The instance sets, built once by data_pipelines.create_pretraining_data."""
+    train_text = f"{common.TRAIN_CORPUS},{work / 'in_domain.txt'}"
+    rows = ("--mode", "full_sentences")
+    return [
+        sweep.Prepare("instances", tuple(common.create_instances(*rows, "--no_masking", corpus=train_text,
+                                                                 max_seq_length=common.CPU_SEQ_LENGTH)), work / "instances"),
+        sweep.Prepare("heldout", tuple(common.create_instances(*rows, corpus=common.HELDOUT_CORPUS,
+                                                               max_seq_length=common.CPU_SEQ_LENGTH)), work / "heldout"),
+    ]
+
+
+def pretraining_stages(work: pathlib.Path) -> dict[str, sweep.Stage]:
+    overrides = {
+        "data.input_files": str(work / "instances/*.array_record"),
+        "task.eval_input_files": str(work / "heldout/*.array_record"),
+        "data.vocab_file": os.path.expandvars(common.VOCAB),
+    }
+    control = common.RANDOM_INIT_CONTROL[sweep.CONTROL]["pretrain"]
+    return {
+        PRETRAINED: sweep.Stage(sweep.PRETRAIN, "experiments/pretrain.py:cpu", work / "pretrain", overrides),
+        RANDOM_INIT: sweep.Stage(sweep.PRETRAIN, "experiments/pretrain.py:cpu", work / "random_init",
+                                 {**overrides, **control}),
+    }
+
+
+def training_file(task: str) -> pathlib.Path:
+    """The full training TSV of a curve task, as its experiment preset names it."""
+    from experiments.finetune_tsv import PRESETS
+
+    return pathlib.Path(os.path.expandvars(PRESETS[common.CPU_EVALUATIONS[task]["config"].split(":")[1]][0]))
+
+
+def write_subset(source: pathlib.Path, out: pathlib.Path, rows: int, seed: int) -> pathlib.Path:
+    """The header and `rows` data lines of a TSV drawn without replacement by `seed`, in file order."""
+    import numpy as np
+
+    if out.exists():
+        return out
+    header, *lines = [line for line in source.read_text(encoding="utf-8").splitlines(keepends=True) if line.strip()]
+    if rows > len(lines):
+        raise ValueError(f"{source}: asked for {rows} training rows, the file has {len(lines)}")
+    chosen = sorted(np.random.default_rng(seed).choice(len(lines), size=rows, replace=False))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(header + "".join(lines[i] for i in chosen), encoding="utf-8")
+    tmp.rename(out)
+    return out
+
+
+def finetuning_stages(work: pathlib.Path, inits: dict[str, sweep.Stage], seeds: list[int],
+                      label_counts: list[int]) -> list[tuple[str, str, str, int, sweep.Stage]]:
+    """(task, label count, init, seed, stage), the all-label runs of every task first."""
+    plan = []
+    for labels in [ALL, *map(str, label_counts)]:
+        for task in TASKS if labels == ALL else CURVE_TASKS:
+            evaluation = common.CPU_EVALUATIONS[task]
+            for seed in seeds:
+                extra = {}
+                if labels != ALL:
+                    subset = work / "subsets" / f"{task}_{labels}_seed{seed}.tsv"
+                    extra["train_file"] = str(write_subset(training_file(task), subset, int(labels), seed))
+                for init, pretraining in inits.items():
+                    overrides = {**evaluation["overrides"], **extra, "init_from": str(pretraining.workdir), "seed": seed}
+                    stage = sweep.Stage(task, evaluation["config"], work / "finetune" / task / labels / init / f"seed_{seed}",
+                                        overrides)
+                    plan.append((task, labels, init, seed, stage))
+    return plan
+
+
+def _run_stage(stage: sweep.Stage) -> str:
+    return sweep.execute(sweep.Run(stage.workdir.name, 0, (stage,)))
+
+
+def paired_rows(plan) -> list[dict]:
+    """Per (task, label count): both inits' metric per seed where both finished, and the test."""
+    from scipy import stats
+
+    values: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
+    for task, labels, init, seed, stage in plan:
+        metric = sweep.final_metrics(stage).get(METRICS[task])
+        if metric is not None:
+            values.setdefault((task, labels), {}).setdefault(seed, {})[init] = metric
+    rows = []
+    for (task, labels), by_seed in values.items():
+        seeds = sorted(s for s, v in by_seed.items() if len(v) == 2)
+        if not seeds:
+            continue
+        pre = [by_seed[s][PRETRAINED] for s in seeds]
+        rand = [by_seed[s][RANDOM_INIT] for s in seeds]
+        diffs = [a - b for a, b in zip(pre, rand)]
+        p = float("nan")
+        if len(seeds) > 1 and statistics.pstdev(diffs) > 0:
+            p = float(stats.ttest_rel(pre, rand, alternative="greater").pvalue)
+        rows.append(dict(task=task, labels=labels, metric=METRICS[task].split("/")[1], seeds=seeds, pretrained=pre,
+                         random_init=rand, wins=sum(d > 0 for d in diffs), p=p))
+    return rows
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def pretraining_facts(inits: dict[str, sweep.Stage]) -> list[str]:
+    lines = ["| init | held-out MLM loss | unigram baseline | MLM accuracy | hidden_cosine | effective rank | pretraining wall time |",
+             "|---|---|---|---|---|---|---|"]
+    for init, stage in inits.items():
+        results_file = stage.workdir / "results.json"
+        if not results_file.exists():
+            continue
+        metrics = json.loads(results_file.read_text(encoding="utf-8"))["final_metrics"]
+        start = json.loads((stage.workdir / "starts.jsonl").read_text(encoding="utf-8").splitlines()[0])["time"]
+        seconds = results_file.stat().st_mtime - datetime.datetime.fromisoformat(start).timestamp()
+        lines.append(f"| {init} | {metrics['mlm_loss']:.4f} | {metrics['mlm_unigram_loss']:.4f} | "
+                     f"{metrics['mlm_accuracy']:.4f} | {metrics['hidden_cosine']:.4f} | "
+                     f"{metrics['hidden_effective_rank']:.1f} | {seconds / 60:.1f} min |")
+    return lines
+
+
+def report(rows: list[dict]) -> list[str]:
+    lines = ["| task | training labels | metric | pretrained | random init | difference | pretrained ahead | "
+             "paired one-sided p | seeds |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        diff = statistics.mean(row["pretrained"]) - statistics.mean(row["random_init"])
+        verdict = "" if row["p"] < 0.05 else " (does not beat)"
+        lines.append(f"| {row['task']} | {row['labels']} | {row['metric']} | {_mean_std(row['pretrained'])} | "
+                     f"{_mean_std(row['random_init'])} | {diff:+.4f} | {row['wins']}/{len(row['seeds'])} | "
+                     f"{row['p']:.4f}{verdict} | {','.join(map(str, row['seeds']))} |")
+    return lines
+
+
+def plot_curves(rows: list[dict], out: pathlib.Path, label_counts: dict[str, int]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(CURVE_TASKS), figsize=(5 * len(CURVE_TASKS), 3.8))
+    for ax, task in zip(axes, CURVE_TASKS):
+        task_rows = sorted((r for r in rows if r["task"] == task),
+                           key=lambda r: label_counts[task] if r["labels"] == ALL else int(r["labels"]))
+        x = [label_counts[task] if r["labels"] == ALL else int(r["labels"]) for r in task_rows]
+        for init in (PRETRAINED, RANDOM_INIT):
+            means = [statistics.mean(r[init]) for r in task_rows]
+            stds = [statistics.stdev(r[init]) if len(r[init]) > 1 else 0.0 for r in task_rows]
+            ax.errorbar(x, means, yerr=stds, marker="o", capsize=3, label=init)
+        ax.set_xscale("log")
+        ax.set_xlabel("training labels")
+        ax.set_ylabel(f"dev {task_rows[0]['metric'] if task_rows else ''} (mean ± std over seeds)")
+        ax.set_title(task)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True, type=pathlib.Path)
+    parser.add_argument("--seeds", default="0,1,2,3,4", help="fine-tuning seeds")
+    parser.add_argument("--label_counts", default="100,300,1000", help="training-set sizes of the curves ('' = none)")
+    parser.add_argument("--parallel", type=int, default=2, help="fine-tuning runs at once")
+    parser.add_argument("--report_only", action="store_true", help="tabulate what has finished; run nothing")
+    args = parser.parse_args(argv)
+    if not os.environ.get("BERT_JAX_DATA"):
+        parser.error("set BERT_JAX_DATA to the shared data folder (the corpus, vocab and task files)")
+    work = args.workdir.resolve()
+    # Stage configs are repo-relative paths (as in the sweeps): run from the root, data made absolute.
+    os.environ["BERT_JAX_DATA"] = str(pathlib.Path(os.environ["BERT_JAX_DATA"]).resolve())
+    os.chdir(REPO)
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    label_counts = [int(n) for n in args.label_counts.split(",") if n.strip()]
+    inits = pretraining_stages(work)
+    if not args.report_only:
+        work.mkdir(parents=True, exist_ok=True)
+        if not (work / "in_domain.txt").exists():
+            subprocess.run([sys.executable, str(REPO / "benchmarks/in_domain_text.py"), "--data",
+                            os.environ["BERT_JAX_DATA"], "--output", str(work / "in_domain.txt")], check=True)
+        for step in data_steps(work):
+            sweep.run_prepare(step)
+        for init, stage in inits.items():
+            print(_run_stage(stage), flush=True)
+    plan = finetuning_stages(work, inits, seeds, label_counts)
+    if not args.report_only:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+            for status in pool.map(_run_stage, [stage for *_, stage in plan]):
+                print(status, flush=True)
+    rows = paired_rows(plan)
+    lines = ["# Pretrained (experiments/pretrain.py:cpu) against random init", "",
+             *pretraining_facts(inits), "", *report(rows), ""]
+    (work / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    print("\n".join(lines))
+    if label_counts and any(r["task"] in CURVE_TASKS for r in rows):
+        from bert_jax.tasks import tsv
+
+        sizes = {task: len(tsv.read_rows(training_file(task))) for task in CURVE_TASKS}
+        plot_curves(rows, work / "label_curves.png", sizes)
+        print("wrote", work / "label_curves.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
