@@ -40,6 +40,9 @@ BEAM_REQUIRES = ["apache-beam[dask]>=2.77,<3"]
 
 TEST_REQUIRES = [
     "pytest>=8",
+    # `pytest -n 2` (README, .ci/run): most of the suite's time is single-threaded XLA
+    # compilation and Python, so two workers keep both cores of a 2-core CI machine busy.
+    "pytest-xdist>=3.5,<4",
     # Reference implementations for parity tests. 2.13.0 is a CPU wheel; a plain
     # `torch` range would pull a multi-GB CUDA build.
     "torch==2.13.0",
