@@ -56,11 +56,11 @@ def main(argv=None) -> dict:
     args = parser.parse_args(rewrite_deprecated(argv, DEPRECATED, "bert_jax.benchmark"))
 
     from bert_jax import step_timing
-    from bert_jax.tasks.pretraining import PretrainingTask, synthetic_config
+    from bert_jax.tasks.pretraining import PretrainingTask, base_config
 
     # Google's max_predictions_per_seq: 20 at 128, 80 at 512; else 15% of the length, rounded up.
     predictions = args.max_predictions or {128: 20, 512: 80}.get(args.seq_len, math.ceil(0.15 * args.seq_len))
-    config = synthetic_config(args.model, args.seq_len, predictions)
+    config = base_config(args.model, args.seq_len, predictions, synthetic=True)
     config.model.update(dtype=args.dtype, remat=args.remat, scan_layers=args.scan_layers)
     data, fsdp, tensor = (int(x) for x in args.mesh.split(","))
     config.mesh.update(data=data, fsdp=fsdp, tensor=tensor, rules=args.rules)

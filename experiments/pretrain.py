@@ -17,9 +17,8 @@ and its full command, data preparation included, are in docs/pretraining_helps.m
 
 import ml_collections
 
-from bert_jax.config import BertConfig, PRESETS
-from bert_jax.run_config import default_config
-from data_pipelines.input_pipeline import default_data_config
+from bert_jax.config import PRESETS
+from bert_jax.tasks import pretraining
 
 TOTAL_STEPS = 1_000_000
 PHASES = {
@@ -80,19 +79,7 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
         raise ValueError("experiments/pretrain.py: give at most one of phase1, phase2")
     seq_len, max_predictions, steps, warmup = PHASES[phases.pop() if phases else "phase1"]
 
-    config = default_config()
-    config.model = ml_collections.ConfigDict(BertConfig.preset(preset).to_dict())
-    config.data = default_data_config()
-    config.data.max_seq_length = seq_len
-    config.data.max_predictions_per_seq = max_predictions
-    config.task = ml_collections.ConfigDict(dict(
-        name="pretraining",
-        objective="masked_lm",  # or "next_token": the left-to-right LM (with model.causal_attention)
-        synthetic_data="synthetic" in options,
-        eval_input_files="",  # held-out ArrayRecord or TFRecord files ("" = no evaluation)
-        num_eval_batches=20,
-        unigram_baseline_batches=50,  # training batches counted for the context-free baseline
-    ))
+    config = pretraining.base_config(preset, seq_len, max_predictions, synthetic="synthetic" in options)
     config.train.num_steps = steps
     config.optimizer.warmup_steps = warmup
     return config

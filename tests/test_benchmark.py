@@ -116,10 +116,10 @@ def test_benchmark_cli_prints_one_json_line():
 def tensor_parallel_step():
     """The timed step of a tiny model on 8 host devices, 4-way data x 2-way tensor parallel."""
     from bert_jax import step_timing
-    from bert_jax.tasks.pretraining import PretrainingTask, synthetic_config
+    from bert_jax.tasks.pretraining import PretrainingTask, base_config
 
     require_devices(8)
-    config = synthetic_config("tiny", 32, 5)
+    config = base_config("tiny", 32, 5, synthetic=True)
     config.mesh.update(data=4, fsdp=1, tensor=2, rules="tensor")
     config.train.update(batch_size=8, num_steps=10)
     config.optimizer.warmup_steps = 1
@@ -183,9 +183,9 @@ def test_trainer_comparison_alternates_the_variants_and_only_one_evaluates_and_s
     import argparse
 
     from bert_jax import benchmark
-    from bert_jax.tasks.pretraining import synthetic_config
+    from bert_jax.tasks.pretraining import base_config
 
-    config = synthetic_config("tiny", 32, 5)
+    config = base_config("tiny", 32, 5, synthetic=True)
     config.model.vocab_size = 1024
     config.optimizer.warmup_steps = 2  # main() sets it to its step count
     args = argparse.Namespace(dtype="float32", remat="none", scan_layers=False, batch_size=8, grad_accum_steps=1,

@@ -315,9 +315,10 @@ class PretrainingTask(Task):
         return load_tokenizer(vocab_file).special_ids
 
 
-def synthetic_config(preset: str, seq_len: int, max_predictions: int):
-    """A whole pretraining config on synthetic batches (for benchmarks): the run defaults, the
-    model preset, the data defaults at this length, and the task fields this module reads."""
+def base_config(preset: str, seq_len: int, max_predictions: int, synthetic: bool = False):
+    """A whole pretraining config: the run defaults, the model preset, the data defaults at this
+    length, and the task fields this module reads (experiments/pretrain.py and the benchmarks
+    start from it). `synthetic`: random-token batches instead of files."""
     from bert_jax.config import BertConfig
     from bert_jax.run_config import default_config
     from data_pipelines.input_pipeline import default_data_config
@@ -326,8 +327,14 @@ def synthetic_config(preset: str, seq_len: int, max_predictions: int):
     config.model = ml_collections.ConfigDict(BertConfig.preset(preset).to_dict())
     config.data = default_data_config()
     config.data.max_seq_length, config.data.max_predictions_per_seq = seq_len, max_predictions
-    config.task = ml_collections.ConfigDict(dict(name="pretraining", objective="masked_lm", synthetic_data=True,
-                                                 eval_input_files="", num_eval_batches=0))
+    config.task = ml_collections.ConfigDict(dict(
+        name="pretraining",
+        objective="masked_lm",  # or "next_token": the left-to-right LM (with model.causal_attention)
+        synthetic_data=synthetic,
+        eval_input_files="",  # held-out ArrayRecord or TFRecord files ("" = no evaluation)
+        num_eval_batches=20,
+        unigram_baseline_batches=50,  # training batches counted for the context-free baseline
+    ))
     return config
 
 
