@@ -31,7 +31,7 @@ import sys
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bert_jax import sweep  # noqa: E402
+from bert_jax import sweep, workdir as run_files  # noqa: E402
 from experiments.ablations import common  # noqa: E402
 
 PRETRAINED, RANDOM_INIT = "pretrained", "random_init"
@@ -150,11 +150,12 @@ def pretraining_facts(inits: dict[str, sweep.Stage]) -> list[str]:
     lines = ["| init | held-out MLM loss | unigram baseline | MLM accuracy | hidden_cosine | effective rank | pretraining wall time |",
              "|---|---|---|---|---|---|---|"]
     for init, stage in inits.items():
-        results_file = stage.workdir / "results.json"
+        results_file = stage.workdir / run_files.RESULTS_FILE
         if not results_file.exists():
             continue
-        metrics = json.loads(results_file.read_text(encoding="utf-8"))["final_metrics"]
-        start = json.loads((stage.workdir / "starts.jsonl").read_text(encoding="utf-8").splitlines()[0])["time"]
+        metrics = run_files.read_results(stage.workdir)["final_metrics"]
+        starts = (stage.workdir / run_files.STARTS_FILE).read_text(encoding="utf-8").splitlines()
+        start = json.loads(starts[0])["time"]
         seconds = results_file.stat().st_mtime - datetime.datetime.fromisoformat(start).timestamp()
         lines.append(f"| {init} | {metrics['mlm_loss']:.4f} | {metrics['mlm_unigram_loss']:.4f} | "
                      f"{metrics['mlm_accuracy']:.4f} | {metrics['hidden_cosine']:.4f} | "

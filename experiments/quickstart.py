@@ -47,6 +47,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python experiments/quickstart.py` from a fresh clone
     sys.path.insert(0, str(REPO))
 
+from bert_jax import workdir as run_files  # noqa: E402
 from experiments import finetune_tsv, pretrain  # noqa: E402
 
 AUSTEN = REPO / "data/quickstart/austen.txt"
@@ -135,14 +136,13 @@ def write_random_init(pretrain_workdir: pathlib.Path, out_dir: pathlib.Path, voc
     random_init.write_random_init(pretrain_workdir, out_dir, seed=0, vocab_file=vocab_file)
 
 
-def plot_pretraining_loss(metrics_file: pathlib.Path, out_png: pathlib.Path, title: str) -> None:
+def plot_pretraining_loss(pretrain_dir: pathlib.Path, out_png: pathlib.Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r.get("split") == "train"]
+    rows = [r for r in run_files.read_metrics(pretrain_dir) if r.get("split") == "train"]
     fig, ax = plt.subplots(figsize=(6, 4))
     for key in ("mlm_loss", "nsp_loss"):
         ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=key)
@@ -207,8 +207,8 @@ def finetune(work: pathlib.Path, label: str, init: str, seed: int, vocab_args: l
     _run(f"4-5/5 fine-tune on sentiment from {label}, seed {seed}",
          [sys.executable, "-m", "bert_jax.main", f"--config={REPO / 'experiments/quickstart.py'}:finetune",
           f"--workdir={ft_dir}", f"--config.init_from={init}", *vocab_args, f"--config.seed={seed}", *extra],
-         ft_dir / "results.json")
-    result = json.loads((ft_dir / "results.json").read_text())
+         ft_dir / run_files.RESULTS_FILE)
+    result = run_files.read_results(ft_dir)
     return result["final_metrics"]["accuracy"], result["step"]
 
 
@@ -263,7 +263,7 @@ def main(argv=None) -> int:
     _run("3/5 pretrain a tiny BERT",
          [python, "-m", "bert_jax.main", f"--config={REPO / 'experiments/quickstart.py'}:{budget.pretrain_config}",
           f"--workdir={pretrain_dir}", f"--config.data.input_files={instances}/*.array_record",
-          f"--config.data.vocab_file={spm_model}"], pretrain_dir / "results.json")
+          f"--config.data.vocab_file={spm_model}"], pretrain_dir / run_files.RESULTS_FILE)
 
     random_dir = work / "random_init"
     if not random_dir.exists():
@@ -291,7 +291,7 @@ def main(argv=None) -> int:
     baseline = unigram_baseline(f"{instances}/*.array_record", f"{heldout}/*.array_record", spm_model)
 
     plot = work / "pretraining_loss.png"
-    plot_pretraining_loss(pretrain_dir / "metrics.jsonl", plot,
+    plot_pretraining_loss(pretrain_dir, plot,
                           f"quickstart {args.budget}: pretraining on {' + '.join(c.stem for c in budget.corpora)}")
     dev_majority = 0.586  # data/quickstart/README.md: 58.6% of dev is positive
     seeds = "" if len(budget.finetune_seeds) == 1 else f" (mean +- std over fine-tuning seeds {list(budget.finetune_seeds)})"
