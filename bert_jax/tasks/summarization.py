@@ -33,8 +33,8 @@ from flax import linen as nn
 
 from bert_jax.config import BertConfig
 from bert_jax.modeling.common import gather_positions
-from bert_jax.modeling.heads import logits_dense
-from bert_jax.modeling.models import BertModel
+from bert_jax.modeling.heads import EncoderInputs, logits_dense
+from bert_jax.modeling.models import BertWithHead
 from bert_jax.tasks import features as features_lib
 from bert_jax.tasks.base import Task
 
@@ -240,22 +240,27 @@ def build_features(tokenizer, documents: Sequence[Document], max_seq_length: int
     return SummarizationFeatures(arrays, np.asarray(kept_counts, np.int32))
 
 
-class BertForExtractiveSummarization(nn.Module):
-    """BertModel + a linear scorer on each sentence's [CLS] vector.
-
-    cls_positions [batch, sentences] -> sentence_logits [batch, sentences] (every position when None).
-    """
+class SentenceScoreHead(nn.Module):
+    """A linear scorer (`classifier/`) on each sentence's [CLS] row: cls_positions [batch,
+    sentences] -> sentence_logits [batch, sentences] (every position when None)."""
 
     config: BertConfig
 
     @nn.compact
-    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, cls_positions=None, deterministic=True):
-        out = BertModel(self.config, name="bert")(input_ids, token_type_ids, attention_mask, deterministic=deterministic)
+    def __call__(self, encoder, inputs: EncoderInputs, deterministic: bool, cls_positions=None) -> dict:
+        out = encoder(*inputs, deterministic=deterministic)
         sequence = out["sequence_output"]  # [batch, length, embed]
         if cls_positions is not None:
             sequence = gather_positions(sequence, cls_positions)  # [batch, sentences, embed]
         logits = logits_dense(self.config, 1, "classifier")(sequence)[..., 0]
         return {**out, "sentence_logits": logits}
+
+
+class BertForExtractiveSummarization(BertWithHead):
+    """The encoder with SentenceScoreHead composed onto it (BertSum's extractive model)."""
+
+    def make_head(self):
+        return SentenceScoreHead(self.config)
 
 
 class SummarizationTask(features_lib.ArrayFeaturesTask, Task):
