@@ -93,22 +93,24 @@ def write_subset(source: pathlib.Path, out: pathlib.Path, rows: int, seed: int) 
 
 def finetuning_stages(work: pathlib.Path, inits: dict[str, sweep.Stage], seeds: list[int],
                       label_counts: list[int]) -> list[tuple[str, str, str, int, sweep.Stage]]:
-    """(task, label count, init, seed, stage), the all-label runs of every task first."""
-    plan = []
-    for labels in [ALL, *map(str, label_counts)]:
-        for task in TASKS if labels == ALL else CURVE_TASKS:
-            evaluation = common.CPU_EVALUATIONS[task]
-            for seed in seeds:
-                extra = {}
-                if labels != ALL:
-                    subset = work / "subsets" / f"{task}_{labels}_seed{seed}.tsv"
-                    extra["train_file"] = str(write_subset(training_file(task), subset, int(labels), seed))
-                for init, pretraining in inits.items():
-                    overrides = {**evaluation["overrides"], **extra, "init_from": str(pretraining.workdir), "seed": seed}
-                    stage = sweep.Stage(task, evaluation["config"], work / "finetune" / task / labels / init / f"seed_{seed}",
-                                        overrides)
-                    plan.append((task, labels, init, seed, stage))
+    """(task, label count, init, seed, stage) in the order they run: the all-label runs of every
+    task, then the curves, each seed by seed, so a run stopped early has whole seeds of each."""
+    plan = [entry for seed in seeds for task in TASKS for entry in _stages_of(work, inits, task, ALL, seed)]
+    plan += [entry for seed in seeds for labels in label_counts for task in CURVE_TASKS
+             for entry in _stages_of(work, inits, task, str(labels), seed)]
     return plan
+
+
+def _stages_of(work: pathlib.Path, inits: dict[str, sweep.Stage], task: str, labels: str, seed: int):
+    evaluation = common.CPU_EVALUATIONS[task]
+    extra = {}
+    if labels != ALL:
+        subset = work / "subsets" / f"{task}_{labels}_seed{seed}.tsv"
+        extra["train_file"] = str(write_subset(training_file(task), subset, int(labels), seed))
+    for init, pretraining in inits.items():
+        overrides = {**evaluation["overrides"], **extra, "init_from": str(pretraining.workdir), "seed": seed}
+        stage = sweep.Stage(task, evaluation["config"], work / "finetune" / task / labels / init / f"seed_{seed}", overrides)
+        yield task, labels, init, seed, stage
 
 
 def _run_stage(stage: sweep.Stage) -> str:
