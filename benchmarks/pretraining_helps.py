@@ -13,7 +13,8 @@ Every stage is skipped when its output exists, so a killed run continues where i
    paper tables' CPU fine-tuning), from each init, at every seed; sentiment and paraphrase also
    on 100, 300 and 1,000 training rows (a fresh subset per seed, the same one for both inits);
 4. report: per task and label count, mean and std over seeds and the paired one-sided t-test
-   that pretrained beats random init (scipy), in `report.md`, with `label_curves.png`.
+   that pretrained beats random init (scipy), in `report.md`, with `label_curves.png` and every
+   run's number in `runs.csv`. `--report_only` tabulates what has finished so far.
 """
 
 from __future__ import annotations
@@ -91,12 +92,12 @@ def write_subset(source: pathlib.Path, out: pathlib.Path, rows: int, seed: int) 
     return out
 
 
-def finetuning_stages(work: pathlib.Path, inits: dict[str, sweep.Stage], seeds: list[int],
-                      label_counts: list[int]) -> list[tuple[str, str, str, int, sweep.Stage]]:
+def finetuning_stages(work: pathlib.Path, inits: dict[str, sweep.Stage], seeds: list[int], label_counts: list[int],
+                      tasks: tuple[str, ...] = TASKS) -> list[tuple[str, str, str, int, sweep.Stage]]:
     """(task, label count, init, seed, stage) in the order they run: the all-label runs of every
     task, then the curves, each seed by seed, so a run stopped early has whole seeds of each."""
-    plan = [entry for seed in seeds for task in TASKS for entry in _stages_of(work, inits, task, ALL, seed)]
-    plan += [entry for seed in seeds for labels in label_counts for task in CURVE_TASKS
+    plan = [entry for seed in seeds for task in tasks for entry in _stages_of(work, inits, task, ALL, seed)]
+    plan += [entry for seed in seeds for labels in label_counts for task in CURVE_TASKS if task in tasks
              for entry in _stages_of(work, inits, task, str(labels), seed)]
     return plan
 
@@ -111,6 +112,19 @@ def _stages_of(work: pathlib.Path, inits: dict[str, sweep.Stage], task: str, lab
         overrides = {**evaluation["overrides"], **extra, "init_from": str(pretraining.workdir), "seed": seed}
         stage = sweep.Stage(task, evaluation["config"], work / "finetune" / task / labels / init / f"seed_{seed}", overrides)
         yield task, labels, init, seed, stage
+
+
+def write_runs_csv(plan, out: pathlib.Path) -> None:
+    """One line per finished fine-tuning run: the numbers every table row is computed from."""
+    import csv
+
+    with open(out, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["task", "labels", "init", "seed", "metric", "value"])
+        for task, labels, init, seed, stage in plan:
+            value = sweep.final_metrics(stage).get(METRICS[task])
+            if value is not None:
+                writer.writerow([task, labels, init, seed, METRICS[task].split("/")[1], f"{value:.6f}"])
 
 
 def _run_stage(stage: sweep.Stage) -> str:
@@ -207,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, type=pathlib.Path)
     parser.add_argument("--seeds", default="0,1,2,3,4", help="fine-tuning seeds")
+    parser.add_argument("--tasks", default=",".join(TASKS), help=f"fine-tuning tasks, any of {TASKS}")
     parser.add_argument("--label_counts", default="100,300,1000", help="training-set sizes of the curves ('' = none)")
     parser.add_argument("--parallel", type=int, default=2, help="fine-tuning runs at once")
     parser.add_argument("--report_only", action="store_true", help="tabulate what has finished; run nothing")
@@ -229,12 +244,17 @@ def main(argv: list[str] | None = None) -> int:
             sweep.run_prepare(step)
         for init, stage in inits.items():
             print(_run_stage(stage), flush=True)
-    plan = finetuning_stages(work, inits, seeds, label_counts)
+    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        parser.error(f"unknown tasks {unknown}; expected any of {TASKS}")
+    plan = finetuning_stages(work, inits, seeds, label_counts, tasks)
     if not args.report_only:
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
             for status in pool.map(_run_stage, [stage for *_, stage in plan]):
                 print(status, flush=True)
     rows = paired_rows(plan)
+    write_runs_csv(plan, work / "runs.csv")
     lines = ["# Pretrained (experiments/pretrain.py:cpu) against random init", "",
              *pretraining_facts(inits), "", *report(rows), ""]
     (work / "report.md").write_text("\n".join(lines), encoding="utf-8")
