@@ -7,7 +7,9 @@ on, not about when Python loads it.
   - bert_jax imports nothing from experiments/ (experiments name what to run; the library runs it);
   - bert_jax.run_config imports only ml_collections, the config dataclasses and the standard library;
   - data_pipelines does not import the model (bert_jax.modeling);
-  - no import cycle inside data_pipelines.
+  - no import cycle inside data_pipelines;
+  - bert_jax.sweep.plan imports no subprocess, scipy or matplotlib, and bert_jax.sweep.report no
+    subprocess: only bert_jax.sweep.launch starts processes (docs/ARCHITECTURE.md, "Ablations").
 """
 
 from __future__ import annotations
@@ -104,3 +106,11 @@ def test_no_import_cycle_inside_data_pipelines():
         if module not in state:
             visit(module, [module])
     assert cycles == []
+
+
+def test_only_the_sweeps_launcher_starts_processes():
+    assert "subprocess" in imports("bert_jax.sweep.launch")  # the reader sees the one that may
+    sweep = ("bert_jax.sweep.launch", "bert_jax.sweep.cli", "bert_jax.sweep")
+    assert offenders(["bert_jax.sweep.plan"], lambda b: b in ("subprocess", *sweep) or
+                     b.split(".")[0] in ("scipy", "matplotlib") or b.startswith("bert_jax.sweep.report")) == []
+    assert offenders(["bert_jax.sweep.report"], lambda b: b in ("subprocess", *sweep)) == []

@@ -7,6 +7,7 @@ import statistics
 import pytest
 
 from bert_jax import sweep as sweep_lib
+from bert_jax.sweep import launch, report
 
 ABLATION = '''
 def get_sweep():
@@ -152,7 +153,7 @@ def test_best_variant_follows_the_direction_of_the_main_metric(tmp_path):
 def test_a_stage_without_eval_reports_its_last_training_losses(tmp_path):
     stage = sweep_lib.Stage("pretrain", "x.py", tmp_path, {})
     _fake_results(stage, {}, [(1, 9.0), (2, 4.5)])
-    assert sweep_lib._final_metrics(stage) == {"pretrain/train_loss": 4.5, "pretrain/train_accuracy": 4.5}
+    assert sweep_lib.final_metrics(stage) == {"pretrain/train_loss": 4.5, "pretrain/train_accuracy": 4.5}
 
 
 MULTI = {
@@ -206,7 +207,7 @@ def test_shared_pretraining_runs_once(tmp_path):
         for stage in run.stages[1:]:
             _fake_results(stage, {"accuracy": 0.5}, [(1, 0.5)])
     launched = []
-    real_call = sweep_lib.subprocess.call
+    real_call = launch.subprocess.call
 
     def fake_call(cmd, **kwargs):
         launched.append(cmd)
@@ -214,11 +215,11 @@ def test_shared_pretraining_runs_once(tmp_path):
         (workdir / "results.json").write_text("{}")
         return 0
 
-    sweep_lib.subprocess.call = fake_call
+    launch.subprocess.call = fake_call
     try:
         assert [sweep_lib.execute(r) for r in shared] == ["ltr seed 0: done", "ltr_bilstm seed 0: done"]
     finally:
-        sweep_lib.subprocess.call = real_call
+        launch.subprocess.call = real_call
     assert len(launched) == 1 and "--config=experiments/pretrain.py:tiny" in launched[0]
 
 
@@ -286,7 +287,7 @@ def test_detectable_difference_follows_the_seed_spread(monkeypatch):
               ("random_init", 1): 0.5}
     paper = {"columns": ["SST-2"], "rows": {"a": ["A", 93.0], "b": ["B", 90.0]}, "ours": {"SST-2": "sentiment/accuracy"}}
     run_of = {id(stage): run for run in runs for stage in run.stages}
-    monkeypatch.setattr(sweep_lib, "_final_metrics", lambda stage: {
+    monkeypatch.setattr(report, "final_metrics", lambda stage: {
         "sentiment/accuracy": values[(run_of[id(stage)].variant, run_of[id(stage)].seed)]})
     line = sweep_lib.detectable_differences(runs, paper)
     pooled = ((2.0 ** 2 / 2 + 6.0 ** 2 / 2 + 0.0) / 3) ** 0.5  # per-row variances of (70, 72), (60, 66), (50, 50)
