@@ -1,0 +1,68 @@
+"""benchmarks/pretraining_helps.py: the label subsets, the run order and the pairing of its report
+(the runs themselves are results, committed in docs/pretraining_helps/, not tests)."""
+
+import importlib.util
+import json
+import pathlib
+
+import pytest
+from scipy import stats
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def helps():
+    spec = importlib.util.spec_from_file_location("pretraining_helps", REPO / "benchmarks/pretraining_helps.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _tsv(path, rows):
+    path.write_text("sentence\tlabel\n" + "".join(f"row {i}\t{i % 2}\n" for i in range(rows)), encoding="utf-8")
+    return path
+
+
+def test_a_subset_keeps_the_header_and_draws_distinct_rows_by_seed(helps, tmp_path):
+    source = _tsv(tmp_path / "train.tsv", 50)
+    first = helps.write_subset(source, tmp_path / "a.tsv", 10, seed=0).read_text().splitlines()
+    again = helps.write_subset(source, tmp_path / "b.tsv", 10, seed=0).read_text().splitlines()
+    other = helps.write_subset(source, tmp_path / "c.tsv", 10, seed=1).read_text().splitlines()
+    assert first[0] == "sentence\tlabel" and len(first) == 11 and len(set(first[1:])) == 10
+    assert set(first[1:]) <= set(source.read_text().splitlines()[1:])
+    assert first == again and first != other
+    with pytest.raises(ValueError, match="asked for 51 training rows, the file has 50"):
+        helps.write_subset(source, tmp_path / "d.tsv", 51, seed=0)
+
+
+def test_runs_go_seed_by_seed_and_both_inits_share_each_subset(helps, tmp_path, monkeypatch):
+    monkeypatch.setattr(helps, "training_file", lambda task: _tsv(tmp_path / f"{task}.tsv", 400))
+    plan = helps.finetuning_stages(tmp_path, helps.pretraining_stages(tmp_path), [0, 1], [100, 300])
+    keys = [(task, labels, init, seed) for task, labels, init, seed, _ in plan]
+    assert keys[:6] == [("sentiment", "all", "pretrained", 0), ("sentiment", "all", "random_init", 0),
+                        ("paraphrase", "all", "pretrained", 0), ("paraphrase", "all", "random_init", 0),
+                        ("ner", "all", "pretrained", 0), ("ner", "all", "random_init", 0)]
+    curve_seeds = [seed for _, labels, _, seed in keys if labels != "all"]
+    assert curve_seeds == sorted(curve_seeds)  # every label count at seed 0 before any at seed 1
+    by_key = {k: stage for k, (*_, stage) in zip(keys, plan)}
+    pretrained, random_init = by_key[("paraphrase", "100", "pretrained", 1)], by_key[("paraphrase", "100", "random_init", 1)]
+    assert pretrained.overrides["train_file"] == random_init.overrides["train_file"]
+    assert pretrained.overrides["init_from"] == str(tmp_path / "pretrain")
+    assert random_init.overrides["init_from"] == str(tmp_path / "random_init")
+
+
+def test_report_pairs_by_seed_and_skips_unfinished_runs(helps, tmp_path, monkeypatch):
+    monkeypatch.setattr(helps, "training_file", lambda task: _tsv(tmp_path / f"{task}.tsv", 400))
+    plan = helps.finetuning_stages(tmp_path, helps.pretraining_stages(tmp_path), [0, 1, 2], [])
+    accuracy = {("pretrained", 0): 0.70, ("random_init", 0): 0.60, ("pretrained", 1): 0.72,
+                ("random_init", 1): 0.69, ("pretrained", 2): 0.75, ("random_init", 2): 0.74,
+                ("pretrained", 3): 0.99}
+    for task, _, init, seed, stage in plan:
+        if task == "sentiment" and (init, seed) in accuracy and not (init == "random_init" and seed == 2):
+            stage.workdir.mkdir(parents=True)
+            (stage.workdir / "results.json").write_text(json.dumps({"final_metrics": {"accuracy": accuracy[init, seed]}}))
+    (row,) = helps.paired_rows(plan)
+    assert row["seeds"] == [0, 1]  # seed 2 has no random-init result, so it is left out of both
+    assert row["wins"] == 2
+    assert row["p"] == pytest.approx(stats.ttest_rel([0.70, 0.72], [0.60, 0.69], alternative="greater").pvalue)
