@@ -226,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel", type=int, default=2, help="fine-tuning runs at once")
     parser.add_argument("--report_only", action="store_true", help="tabulate what has finished; run nothing")
     args = parser.parse_args(argv)
+    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:  # before any stage runs: a typo must not surface after an hour of pretraining
+        parser.error(f"unknown tasks {unknown}; expected any of {TASKS}")
     if not os.environ.get("BERT_JAX_DATA"):
         parser.error("set BERT_JAX_DATA to the shared data folder (the corpus, vocab and task files)")
     work = args.workdir.resolve()
@@ -244,10 +248,6 @@ def main(argv: list[str] | None = None) -> int:
             sweep.run_prepare(step)
         for init, stage in inits.items():
             print(_run_stage(stage), flush=True)
-    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
-    unknown = sorted(set(tasks) - set(TASKS))
-    if unknown:
-        parser.error(f"unknown tasks {unknown}; expected any of {TASKS}")
     plan = finetuning_stages(work, inits, seeds, label_counts, tasks)
     if not args.report_only:
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
