@@ -249,16 +249,13 @@ def _quiet_orbax():
 
 
 def latest_step(workdir: str | os.PathLike) -> int | None:
-    """The newest complete checkpoint of a run's workdir, None if it has none; creates nothing."""
-    directory = absolute(workdir) / CHECKPOINT_DIR
-    if not directory.is_dir():
-        return None
-    with _quiet_orbax():
-        manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
-        try:
-            return manager.latest_step()
-        finally:
-            manager.close()
+    """The newest complete checkpoint of a run's workdir, None if it has none; creates nothing.
+
+    A listing, not a CheckpointManager: a manager's barriers are collectives, and processes that
+    look at different moments (process 0 creates `checkpoints/` before its first barrier) would
+    enter different barriers and fail with a name mismatch."""
+    steps = ocp.utils.checkpoint_steps(absolute(workdir) / CHECKPOINT_DIR)
+    return max(steps) if steps else None
 
 
 def restore_params(directory: str | os.PathLike, step: int | None = None, verify: bool = True
