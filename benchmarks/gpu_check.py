@@ -345,7 +345,7 @@ def pretraining_run(args, attention: str) -> dict:
     import jax
 
     from bert_jax import train
-    from bert_jax import workdir as run_files
+    from bert_jax import run_files
 
     preset = "tiny" if args.smoke else "mini"
     steps, batch_size = (10, 8) if args.smoke else (args.mini_steps, 128)

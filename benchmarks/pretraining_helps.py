@@ -32,7 +32,7 @@ import sys
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bert_jax import sweep, workdir as run_files  # noqa: E402
+from bert_jax import run_files, sweep  # noqa: E402
 from experiments.ablations import common  # noqa: E402
 
 PRETRAINED, RANDOM_INIT = "pretrained", "random_init"

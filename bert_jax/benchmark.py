@@ -93,7 +93,7 @@ def _trainer_tokens_per_s(config, args, steps: int) -> dict:
     import tempfile
 
     from bert_jax import train
-    from bert_jax import workdir as run_files
+    from bert_jax import run_files
 
     variants = (("neither", 0), ("eval_and_checkpoints", 10))
     runs = []

@@ -23,7 +23,7 @@ import os
 import sys
 
 from bert_jax.checkpoints import CheckpointError, detect_format, flatten, load_pretrained, save_pretrained
-from bert_jax import workdir as run_files
+from bert_jax import run_files
 from bert_jax.checkpoints import hf, hf_tokenizer
 from bert_jax.cli_flags import HelpFormatter, parse_bool, rewrite_deprecated
 from bert_jax.config import ConfigError

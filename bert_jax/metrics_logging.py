@@ -31,7 +31,7 @@ from typing import Mapping
 
 from etils import epath
 
-from bert_jax.workdir import METRICS_FILE, TENSORBOARD_DIR
+from bert_jax.run_files import METRICS_FILE, TENSORBOARD_DIR
 # Sorts before the writers' own files (events.out.tfevents.<unix time>...), so readers see the
 # kept steps first and the resumed run's after them.
 KEPT_EVENTS_FILE = "events.out.tfevents.0000000000.kept.v2"

@@ -19,12 +19,12 @@ import sys
 
 def vocab_of(checkpoint: str | os.PathLike) -> str | None:
     """The vocabulary a checkpoint was made with: a run's recorded vocab, else the file beside it."""
-    from bert_jax import workdir
+    from bert_jax import run_files
 
     checkpoint = os.fspath(checkpoint)
-    if workdir.is_run_workdir(checkpoint):
-        return workdir.export_info(checkpoint)["vocab_file"]
-    return workdir.vocab_beside(checkpoint)
+    if run_files.is_run_workdir(checkpoint):
+        return run_files.export_info(checkpoint)["vocab_file"]
+    return run_files.vocab_beside(checkpoint)
 
 
 def write_random_init(like: str | os.PathLike, out: str | os.PathLike, seed: int = 0,

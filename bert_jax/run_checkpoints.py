@@ -34,7 +34,7 @@ from etils import epath
 
 from bert_jax.checkpoints import checksums as checksums_lib
 from bert_jax.checkpoints.validation import CheckpointError
-from bert_jax.workdir import CHECKPOINT_DIR, DAMAGED_DIR, WorkdirError, read_json
+from bert_jax.run_files import CHECKPOINT_DIR, DAMAGED_DIR, WorkdirError, read_json
 
 log = logging.getLogger("bert_jax.run_checkpoints")
 

@@ -40,7 +40,7 @@ from flax import linen as nn
 
 from bert_jax import flops as flops_lib
 from bert_jax import representation, run_checkpoints, sharding, train_utils
-from bert_jax import workdir as run_files
+from bert_jax import run_files
 from bert_jax.batch_checks import check_index_ranges
 from bert_jax.metrics_logging import MetricsWriter, ProgressBar
 from bert_jax.predict import Predictor, check_token_ids

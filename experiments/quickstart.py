@@ -47,7 +47,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python experiments/quickstart.py` from a fresh clone
     sys.path.insert(0, str(REPO))
 
-from bert_jax import workdir as run_files  # noqa: E402
+from bert_jax import run_files  # noqa: E402
 from experiments import finetune_tsv, pretrain  # noqa: E402
 
 AUSTEN = REPO / "data/quickstart/austen.txt"

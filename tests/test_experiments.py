@@ -112,7 +112,7 @@ def test_ablation_file_plans_only_valid_stages(path, arg, tmp_path, monkeypatch)
                 continue
             seen.add(key)
             label = f"{path.name}:{arg} {run.variant}/{stage.name}"
-            config = sweep_lib._load_experiment_config(stage.config)
+            config = sweep_lib.load_experiment_config(stage.config)
             config.lock()
             for dotted, value in stage.overrides.items():
                 _set(config, dotted, value, label)

@@ -2,11 +2,11 @@
 
 import json
 
-from bert_jax import workdir as run_files
+from bert_jax import run_files
 from bert_jax.checkpoints import run_workdir
 from bert_jax.config import BertConfig
 from bert_jax.metrics_logging import MetricsWriter
-from bert_jax.workdir import METRICS_FILE
+from bert_jax.run_files import METRICS_FILE
 from tests.gcs_mock import in_memory_gcs
 
 

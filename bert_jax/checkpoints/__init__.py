@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from bert_jax import workdir as run_files
+from bert_jax import run_files
 from bert_jax.checkpoints import google_tf, hf, hf_tokenizer, hub, native, run_workdir, validation
 from bert_jax.checkpoints.hf_tokenizer import TokenizerExportError
 from bert_jax.checkpoints.validation import CheckpointError, flatten, unflatten

@@ -1,6 +1,6 @@
 """A bert_jax training run's workdir as a pretrained model: the params of its newest orbax
 checkpoint (bert_jax.run_checkpoints), with the BertConfig the run recorded. The workdir's file
-names, and what an export needs beyond the weights (`export_info`), are bert_jax.workdir's.
+names, and what an export needs beyond the weights (`export_info`), are bert_jax.run_files's.
 
 The trainer writes the run's BertConfig (model_config.json) and its resolved config
 (config.json) before step 1, so the workdir of a run that is still going, or was stopped
@@ -21,7 +21,7 @@ from bert_jax.checkpoints import validation
 from bert_jax.checkpoints.validation import CheckpointError
 from bert_jax.config import BertConfig
 
-from bert_jax.workdir import CHECKPOINT_DIR, CONFIG_FILE, MODEL_CONFIG_FILE, RESULTS_FILE
+from bert_jax.run_files import CHECKPOINT_DIR, CONFIG_FILE, MODEL_CONFIG_FILE, RESULTS_FILE
 
 
 def config_source(workdir: str) -> str:

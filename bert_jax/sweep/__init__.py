@@ -61,15 +61,14 @@ seeds), with "paper": `paper_table.csv` and the paper-shaped table first in resu
 # `from bert_jax.sweep import X` and `sweep.X` working.
 from bert_jax.sweep.plan import (CONTROL, GRID_FIELDS, PRETRAIN, SWEEP_KEYS, VARIANT_PARTS, Evaluation, Prepare, Run,
                                  Stage, check_sweep, evaluations, grid_sweep, load_sweep, plan_prepare, plan_runs,
-                                 shell_line, variant_parts)
-from bert_jax.sweep.plan import _load_experiment_config  # noqa: F401  (tests/test_experiments.py loads stage configs)
+                                 load_experiment_config, shell_line, variant_parts)
 from bert_jax.sweep.launch import execute, run_prepare
 from bert_jax.sweep.report import (ENCODER_COLUMN, beats_control, best_variant, detectable_differences, encoder_health,
                                    final_metrics, paper_table, plot_curves, summarise, write_tables)
 from bert_jax.sweep.cli import DEPRECATED, main
 
 __all__ = ["CONTROL", "GRID_FIELDS", "PRETRAIN", "SWEEP_KEYS", "VARIANT_PARTS", "Evaluation", "Prepare", "Run", "Stage",
-           "check_sweep", "evaluations", "grid_sweep", "load_sweep", "plan_prepare", "plan_runs", "shell_line",
-           "variant_parts", "execute", "run_prepare", "ENCODER_COLUMN", "beats_control", "best_variant",
-           "detectable_differences", "encoder_health", "final_metrics", "paper_table", "plot_curves", "summarise",
-           "write_tables", "DEPRECATED", "main"]
+           "check_sweep", "evaluations", "grid_sweep", "load_experiment_config", "load_sweep", "plan_prepare",
+           "plan_runs", "shell_line", "variant_parts", "execute", "run_prepare", "ENCODER_COLUMN",
+           "beats_control", "best_variant", "detectable_differences", "encoder_health", "final_metrics",
+           "paper_table", "plot_curves", "summarise", "write_tables", "DEPRECATED", "main"]

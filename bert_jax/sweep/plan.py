@@ -15,7 +15,7 @@ import shlex
 import sys
 from typing import Any
 
-from bert_jax.workdir import RESULTS_FILE
+from bert_jax.run_files import RESULTS_FILE
 
 PRETRAIN = "pretrain"
 CONTROL = "random_init"  # the variant a paper-table sweep must have: fine-tuned from random init
@@ -161,7 +161,8 @@ def variant_parts(name: str, spec: dict[str, Any], source: str = "sweep") -> tup
 GRID_FIELDS = {"learning_rate": "optimizer.learning_rate", "batch_size": "train.batch_size", "num_epochs": "num_epochs"}
 
 
-def _load_experiment_config(config_spec: str):
+def load_experiment_config(config_spec: str):
+    """What `get_config(arg)` of the experiment file `path.py[:arg]` returns."""
     path, _, arg = config_spec.partition(":")
     module = _import_file(path, "experiment")
     return module.get_config(arg) if arg else module.get_config()
@@ -169,7 +170,7 @@ def _load_experiment_config(config_spec: str):
 
 def grid_sweep(config_spec: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """A fine-tuning-only sweep over the experiment's `config.sweep` grid (the paper's recipe)."""
-    config = _load_experiment_config(config_spec)
+    config = load_experiment_config(config_spec)
     if "sweep" not in config:
         raise ValueError(f"{config_spec}: the config has no `sweep` field listing the grid to search")
     given = dict(config.sweep.items())

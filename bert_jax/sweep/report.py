@@ -14,7 +14,7 @@ from typing import Any
 
 from bert_jax import representation
 from bert_jax.sweep.plan import CONTROL, PRETRAIN, Run, Stage
-from bert_jax.workdir import METRICS_FILE, RESULTS_FILE
+from bert_jax.run_files import METRICS_FILE, RESULTS_FILE
 
 
 def _read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:

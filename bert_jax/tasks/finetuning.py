@@ -121,7 +121,7 @@ def checkpoint_bert_config(init_from: str) -> BertConfig:
 
 def _run_vocab(init_from: str) -> str | None:
     """The vocab file of a bert_jax run given as init_from (None for other checkpoints)."""
-    from bert_jax import workdir as run_files
+    from bert_jax import run_files
     if not init_from or not run_files.is_run_workdir(init_from):
         return None
     return run_files.export_info(init_from)["vocab_file"]

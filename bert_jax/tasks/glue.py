@@ -254,7 +254,7 @@ def write_test_predictions(workdir: str | pathlib.Path, output_dir: str | pathli
     import ml_collections
 
     from bert_jax import predict, run_checkpoints
-    from bert_jax import workdir as run_files
+    from bert_jax import run_files
     from bert_jax.config import BertConfig
 
     workdir = pathlib.Path(workdir)

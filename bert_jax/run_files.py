@@ -27,7 +27,7 @@ from typing import Any
 
 from etils import epath
 
-log = logging.getLogger("bert_jax.workdir")
+log = logging.getLogger("bert_jax.run_files")
 
 CONFIG_FILE = "config.json"
 MODEL_CONFIG_FILE = "model_config.json"
