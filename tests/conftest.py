@@ -6,6 +6,8 @@ Real data lives outside the repo (`../shared/data` in CI); tests that need it ta
 
 import os
 import pathlib
+import shutil
+import tempfile
 
 import pytest
 
@@ -22,6 +24,21 @@ def with_host_devices(flags: str, flag: str = HOST_DEVICES_FLAG) -> str:
 
 
 os.environ["XLA_FLAGS"] = with_host_devices(os.environ.get("XLA_FLAGS", ""))
+
+# One XLA compilation cache for the whole run: many tests (and the trainer subprocesses they
+# start) compile the same tiny-BERT programs, and a cache hit skips most of a compile. It lives for
+# this run only, so every run is timed from cold; xdist workers and subprocesses inherit it from
+# the controller's environment. A size limit turns on jax's file lock: two workers share the folder.
+_OWN_COMPILATION_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_COMPILATION_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="bert_jax_test_xla_cache_")
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
+
+
+def pytest_unconfigure(config):
+    if _OWN_COMPILATION_CACHE:
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -53,3 +70,11 @@ def tiny_uncased_checkpoint(shared_data, tmp_path_factory):
     path = save_random_checkpoint(tmp_path_factory.mktemp("tiny_bert"), config,
                                   shared_data / "vocab" / "bert-base-uncased-vocab.txt")
     return path, config
+
+
+def pytest_collection_modifyitems(config, items):
+    """Modules holding a `slow` test run first (each module kept whole, so its fixtures are built
+    once). Under `-n 2` the long runs then start early and the short tests fill the workers' ends,
+    rather than one worker idling while the other finishes a 4-minute run."""
+    has_slow = {item.module for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module not in has_slow)  # a stable sort keeps each module's order
