@@ -43,6 +43,9 @@ TEST_REQUIRES = [
     # `pytest -n 2` (README, .ci/run): most of the suite's time is single-threaded XLA
     # compilation and Python, so two workers keep both cores of a 2-core CI machine busy.
     "pytest-xdist>=3.5,<4",
+    # jax's compilation cache locks its folder with filelock when given a size limit; the test
+    # run's one cache (tests/conftest.py) is shared by both xdist workers.
+    "filelock>=3.12",
     # Reference implementations for parity tests. 2.13.0 is a CPU wheel; a plain
     # `torch` range would pull a multi-GB CUDA build.
     "torch==2.13.0",
