@@ -61,10 +61,14 @@ HELDOUT_NAME = "lee_news.txt"
 BUGS = ("shifted_labels", "mask_sep")
 SEP_ID = 102  # [SEP] in bert-base-uncased's vocab.txt, the vocabulary both sides read
 
-# The architecture both sides build: Google's BERT-tiny (L=2, H=128, A=2, I=512).
+# The architecture both sides build: Google's BERT-tiny (L=2, H=128, A=2, I=512); `--dropout`
+# sets both dropout rates (0.1 by default, BERT's).
 ARCHITECTURE = dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2, intermediate_size=512,
-                    max_position_embeddings=512, type_vocab_size=2, hidden_dropout_prob=0.1,
-                    attention_probs_dropout_prob=0.1, initializer_range=0.02, layer_norm_eps=1e-12)
+                    max_position_embeddings=512, type_vocab_size=2, initializer_range=0.02, layer_norm_eps=1e-12)
+
+
+def architecture(args) -> dict:
+    return {**ARCHITECTURE, "hidden_dropout_prob": args.dropout, "attention_probs_dropout_prob": args.dropout}
 
 
 # ---------------------------------------------------------------- the reference (transformers + torch)
@@ -130,7 +134,7 @@ def run_reference(args, seed: int, blocks: np.ndarray, tokenizer, heldout, prep_
 
     start, cpu_start = time.perf_counter(), time.process_time()
     torch.manual_seed(seed)
-    model = BertForMaskedLM(BertConfig(vocab_size=tokenizer.vocab_size, **ARCHITECTURE))
+    model = BertForMaskedLM(BertConfig(vocab_size=tokenizer.vocab_size, **architecture(args)))
     no_decay = ("bias", "LayerNorm.weight")
     groups = [
         {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)], "weight_decay": 0.01},
@@ -205,7 +209,7 @@ def _ours_command(args, seed: int, workdir: pathlib.Path, instances: pathlib.Pat
         "optimizer.learning_rate": args.lr, "optimizer.warmup_steps": args.warmup, "optimizer.b2": 0.999,
         "checkpoint.every_steps": args.eval_every, "checkpoint.keep": args.steps, "checkpoint.keep_best": False,
         "checkpoint.async_save": False, "logging.progress_bar": False, "logging.tensorboard": False, "seed": seed,
-        **{f"model.{k}": v for k, v in ARCHITECTURE.items()},
+        **{f"model.{k}": v for k, v in architecture(args).items()},
     }
     main = ["-m", "bert_jax.main"] if not args.plant_bug else [__file__, "--planted_main", args.plant_bug, "--"]
     return [sys.executable, *main, "--config=experiments/pretrain_roberta_style.py:tiny", f"--workdir={workdir}",
@@ -384,6 +388,7 @@ def main(argv=None) -> int:
     p.add_argument("--seq_len", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=120)
+    p.add_argument("--dropout", type=float, default=0.1, help="hidden and attention dropout, both sides")
     p.add_argument("--eval_every", type=int, default=200)
     p.add_argument("--heldout_blocks", type=int, default=512)
     p.add_argument("--plant_bug", choices=BUGS)
