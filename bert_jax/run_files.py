@@ -175,13 +175,19 @@ def export_info(workdir: str) -> dict[str, Any]:
     lowercase = config.get("lowercase") if isinstance(config.get("lowercase"), bool) else None
     if vocab:
         sources.append(f"vocab from {workdir}/{CONFIG_FILE}")
+
+    def fill_from(found_vocab, found_lower, where: str) -> None:
+        """Takes what is still unknown from a fallback source, and names the source."""
+        nonlocal vocab, lowercase
+        if not vocab and found_vocab:
+            vocab = found_vocab
+            sources.append(f"vocab {where}")
+        if lowercase is None and found_lower is not None:
+            lowercase = found_lower
+            sources.append(f"do_lower_case {where}")
+
     record_vocab, record_lower, record = _data_record(data.get("input_files", ""))
-    if not vocab and record_vocab:
-        vocab = record_vocab
-        sources.append(f"vocab from {record}")
-    if lowercase is None and record_lower is not None:
-        lowercase = record_lower
-        sources.append(f"do_lower_case from {record}")
+    fill_from(record_vocab, record_lower, f"from {record}")
     init_from = str(config.get("init_from") or "")
     if init_from and (not vocab or lowercase is None) and os.path.isdir(init_from):
         if is_run_workdir(init_from):
@@ -190,12 +196,7 @@ def export_info(workdir: str) -> dict[str, Any]:
         else:
             from bert_jax.checkpoints import hf_tokenizer
             parent_vocab, parent_lower = vocab_beside(init_from), hf_tokenizer.read_lowercase(init_from)
-        if not vocab and parent_vocab:
-            vocab = parent_vocab
-            sources.append(f"vocab of init_from={init_from}")
-        if lowercase is None and parent_lower is not None:
-            lowercase = parent_lower
-            sources.append(f"do_lower_case of init_from={init_from}")
+        fill_from(parent_vocab, parent_lower, f"of init_from={init_from}")
     architecture = label_names = None
     head_path = epath.Path(workdir) / HEAD_FILE
     if head_path.is_file():
