@@ -156,12 +156,6 @@ def paired_rows(plan) -> list[dict]:
     return rows
 
 
-def _mean_std(values: list[float]) -> str:
-    if len(values) < 2:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
-
-
 def pretraining_facts(inits: dict[str, sweep.Stage]) -> list[str]:
     lines = ["| init | held-out MLM loss | unigram baseline | MLM accuracy | hidden_cosine | effective rank | pretraining wall time |",
              "|---|---|---|---|---|---|---|"]
@@ -185,8 +179,8 @@ def report(rows: list[dict]) -> list[str]:
     for row in rows:
         diff = statistics.mean(row["pretrained"]) - statistics.mean(row["random_init"])
         verdict = "" if row["p"] < 0.05 else " (does not beat)"
-        lines.append(f"| {row['task']} | {row['labels']} | {row['metric']} | {_mean_std(row['pretrained'])} | "
-                     f"{_mean_std(row['random_init'])} | {diff:+.4f} | {row['wins']}/{len(row['seeds'])} | "
+        lines.append(f"| {row['task']} | {row['labels']} | {row['metric']} | {sweep.mean_std_cell(row['pretrained'])} | "
+                     f"{sweep.mean_std_cell(row['random_init'])} | {diff:+.4f} | {row['wins']}/{len(row['seeds'])} | "
                      f"{row['p']:.4f}{verdict} | {','.join(map(str, row['seeds']))} |")
     return lines
 

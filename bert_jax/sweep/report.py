@@ -52,11 +52,12 @@ def _metrics_by_variant(runs: list[Run]) -> dict[str, list[dict[str, float]]]:
     return by_variant
 
 
-def _mean_std(values: list[float]) -> tuple[float, float | None]:
+def mean_std_cell(values: list[float]) -> str:
+    """"mean ± sample std" over seeds, to 4 places; the mean alone for one seed."""
     mean = sum(values) / len(values)
     if len(values) < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+        return f"{mean:.4f}"
+    return f"{mean:.4f} ± {math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)):.4f}"
 
 
 ENCODER_COLUMN = "pretrained encoder"
@@ -87,8 +88,7 @@ def summarise(runs: list[Run]) -> tuple[list[str], list[dict[str, str]]]:
             if not values:
                 row[col] = ""
                 continue
-            mean, std = _mean_std(values)
-            row[col] = f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
+            row[col] = mean_std_cell(values)
         table.append(row)
     return ["variant", "seeds", ENCODER_COLUMN, *columns], table
 
