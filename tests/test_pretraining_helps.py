@@ -1,22 +1,17 @@
 """benchmarks/pretraining_helps.py: the label subsets, the run order and the pairing of its report
 (the runs themselves are results, committed in docs/pretraining_helps/, not tests)."""
 
-import importlib.util
 import json
-import pathlib
 
 import pytest
 from scipy import stats
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from tests.train_helpers import REPO, import_file
 
 
 @pytest.fixture(scope="module")
 def helps():
-    spec = importlib.util.spec_from_file_location("pretraining_helps", REPO / "benchmarks/pretraining_helps.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_file(REPO / "benchmarks" / "pretraining_helps.py")
 
 
 def _tsv(path, rows):
