@@ -114,34 +114,41 @@ def _stages_of(work: pathlib.Path, inits: dict[str, sweep.Stage], task: str, lab
         yield task, labels, init, seed, stage
 
 
-def write_runs_csv(plan, out: pathlib.Path) -> None:
+def finished_values(plan) -> list[tuple[str, str, str, int, float]]:
+    """(task, labels, init, seed, the task's metric) of every finished fine-tuning run, read once."""
+    values = []
+    for task, labels, init, seed, stage in plan:
+        value = sweep.final_metrics(stage).get(METRICS[task])
+        if value is not None:
+            values.append((task, labels, init, seed, value))
+    return values
+
+
+def write_runs_csv(values, out: pathlib.Path) -> None:
     """One line per finished fine-tuning run: the numbers every table row is computed from."""
     import csv
 
     with open(out, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["task", "labels", "init", "seed", "metric", "value"])
-        for task, labels, init, seed, stage in plan:
-            value = sweep.final_metrics(stage).get(METRICS[task])
-            if value is not None:
-                writer.writerow([task, labels, init, seed, METRICS[task].split("/")[1], f"{value:.6f}"])
+        for task, labels, init, seed, value in values:
+            writer.writerow([task, labels, init, seed, METRICS[task].split("/")[1], f"{value:.6f}"])
 
 
 def _run_stage(stage: sweep.Stage) -> str:
     return sweep.execute(sweep.Run(stage.workdir.name, 0, (stage,)))
 
 
-def paired_rows(plan) -> list[dict]:
-    """Per (task, label count): both inits' metric per seed where both finished, and the test."""
+def paired_rows(values) -> list[dict]:
+    """Per (task, label count): both inits' metric per seed where both finished (`finished_values`),
+    and the test."""
     from scipy import stats
 
-    values: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
-    for task, labels, init, seed, stage in plan:
-        metric = sweep.final_metrics(stage).get(METRICS[task])
-        if metric is not None:
-            values.setdefault((task, labels), {}).setdefault(seed, {})[init] = metric
+    by_row: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
+    for task, labels, init, seed, metric in values:
+        by_row.setdefault((task, labels), {}).setdefault(seed, {})[init] = metric
     rows = []
-    for (task, labels), by_seed in values.items():
+    for (task, labels), by_seed in by_row.items():
         seeds = sorted(s for s, v in by_seed.items() if len(v) == 2)
         if not seeds:
             continue
@@ -247,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
             for status in pool.map(_run_stage, [stage for *_, stage in plan]):
                 print(status, flush=True)
-    rows = paired_rows(plan)
-    write_runs_csv(plan, work / "runs.csv")
+    values = finished_values(plan)
+    rows = paired_rows(values)
+    write_runs_csv(values, work / "runs.csv")
     lines = ["# Pretrained (experiments/pretrain.py:cpu) against random init", "",
              *pretraining_facts(inits), "", *report(rows), ""]
     (work / "report.md").write_text("\n".join(lines), encoding="utf-8")

@@ -57,7 +57,7 @@ def test_report_pairs_by_seed_and_skips_unfinished_runs(helps, tmp_path, monkeyp
         if task == "sentiment" and (init, seed) in accuracy and not (init == "random_init" and seed == 2):
             stage.workdir.mkdir(parents=True)
             (stage.workdir / "results.json").write_text(json.dumps({"final_metrics": {"accuracy": accuracy[init, seed]}}))
-    (row,) = helps.paired_rows(plan)
+    (row,) = helps.paired_rows(helps.finished_values(plan))
     assert row["seeds"] == [0, 1]  # seed 2 has no random-init result, so it is left out of both
     assert row["wins"] == 2
     assert row["p"] == pytest.approx(stats.ttest_rel([0.70, 0.72], [0.60, 0.69], alternative="greater").pvalue)
