@@ -200,6 +200,25 @@ def test_evaluations_give_one_stage_each_and_equal_pretraining_is_shared(tmp_pat
         sweep_lib.plan_runs(MULTI, tmp_path, only=["nope"])
 
 
+def test_pretrain_seed_pretrains_each_variant_once_for_every_fine_tuning_seed(tmp_path):
+    shared = {**MULTI, "seeds": [0, 1, 2], "pretrain_seed": 7}
+    sweep_lib.check_sweep(shared, "test")
+    runs = sweep_lib.plan_runs(shared, tmp_path)
+    for variant in ("ltr", "mlm", "random_init"):
+        mine = [r for r in runs if r.variant == variant]
+        pretrain = mine[0].stages[0]  # one stage for all seeds: the first seed's workdir, at seed 7
+        assert all(r.stages[0] == pretrain for r in mine)
+        assert pretrain.workdir == tmp_path / variant / "seed_0/pretrain" and pretrain.overrides["seed"] == 7
+        finetune_seeds = [(s.overrides["seed"], s.overrides["init_from"]) for r in mine for s in r.stages[1:2]]
+        assert finetune_seeds == [(0, str(pretrain.workdir)), (1, str(pretrain.workdir)), (2, str(pretrain.workdir))]
+    # Without it, every seed pretrains its own model.
+    per_seed = sweep_lib.plan_runs({**MULTI, "seeds": [0, 1, 2]}, tmp_path)
+    assert len({r.stages[0].workdir for r in per_seed if r.variant == "mlm"}) == 3
+    for bad in ("0", 1.0, True):
+        with pytest.raises(ValueError, match=f"'pretrain_seed' must be an int .*found {bad!r}"):
+            sweep_lib.check_sweep({**MULTI, "pretrain_seed": bad}, "test")
+
+
 def test_shared_pretraining_runs_once(tmp_path):
     runs = sweep_lib.plan_runs(MULTI, tmp_path)
     shared = [r for r in runs if r.seed == 0 and r.variant in ("ltr", "ltr_bilstm")]

@@ -19,7 +19,13 @@ An ablation file defines `get_sweep()` returning a dict:
       "finetune_common": {...},                              # overrides for every fine-tuning run
       "variants": {"nsp_on": {...overrides...}, "nsp_off": {...}},
       "seeds": [0, 1],                                       # optional; default [0]
+      "pretrain_seed": 0,                                    # optional; default None
     }
+
+By default every seed pretrains its own model, so the seed spread includes pretraining's.
+"pretrain_seed": N pretrains each variant once, at seed N, and fine-tunes that checkpoint at
+every seed, as the paper's random restarts do (§4.1: one pretrained checkpoint, a new data order
+and classifier initialisation per restart), at 1/len(seeds) of the pretraining cost.
 
 Several downstream tasks instead of one: "evaluations" replaces "finetune"/"finetune_common",
 one fine-tuning stage (and one table column) each:

@@ -20,7 +20,7 @@ from bert_jax.run_files import RESULTS_FILE
 PRETRAIN = "pretrain"
 CONTROL = "random_init"  # the variant a paper-table sweep must have: fine-tuned from random init
 SWEEP_KEYS = {"prepare", "pretrain", "finetune", "common", "finetune_common", "evaluations", "variants", "seeds",
-              "paper"}
+              "pretrain_seed", "paper"}
 VARIANT_PARTS = {"pretrain", "finetune", "evaluations"}
 
 
@@ -98,6 +98,10 @@ def check_sweep(sweep: dict[str, Any], source: str) -> None:
         if not isinstance(spec, dict) or "config" not in spec or set(spec) - {"config", "overrides"}:
             raise ValueError(f"{source}: evaluation {name!r} must be {{'config': 'FILE.py:ARG', 'overrides': {{...}}}}, "
                              f"found {spec!r}")
+    pretrain_seed = sweep.get("pretrain_seed")
+    if pretrain_seed is not None and (not isinstance(pretrain_seed, int) or isinstance(pretrain_seed, bool)):
+        raise ValueError(f"{source}: 'pretrain_seed' must be an int (one pretraining per variant, shared by every "
+                         f"fine-tuning seed) or None (a pretraining per seed), found {pretrain_seed!r}")
     names = [e.name for e in evaluations(sweep)]
     if PRETRAIN in names:
         raise ValueError(f"{source}: an evaluation may not be named {PRETRAIN!r} (the pretraining stage's name)")
@@ -231,6 +235,7 @@ def plan_runs(sweep: dict[str, Any], workdir: pathlib.Path, only: list[str] | No
     runs = []
     data_dir = workdir / "data"
     seeds = sweep.get("seeds") or [0]
+    pretrain_seed = sweep.get("pretrain_seed")  # None: every seed pretrains; an int: one pretraining per variant
     pretrain_dirs: dict[str, pathlib.Path] = {}  # equal pretraining overrides -> the one run's workdir
     for variant, spec in variants.items():
         pretrain_overrides, finetune_overrides, per_evaluation = variant_parts(variant, spec)
@@ -238,7 +243,8 @@ def plan_runs(sweep: dict[str, Any], workdir: pathlib.Path, only: list[str] | No
             run_dir = workdir / variant / f"seed_{seed}"
             stages = []
             if sweep.get("pretrain"):
-                overrides = _overrides(sweep.get("common", {}), pretrain_overrides, {"seed": seed}, data_dir=data_dir)
+                overrides = _overrides(sweep.get("common", {}), pretrain_overrides,
+                                       {"seed": seed if pretrain_seed is None else pretrain_seed}, data_dir=data_dir)
                 key = json.dumps(overrides, sort_keys=True, default=str)
                 pretrain = Stage(PRETRAIN, sweep["pretrain"], pretrain_dirs.setdefault(key, run_dir / PRETRAIN),
                                  overrides)
