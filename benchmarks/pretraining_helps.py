@@ -15,6 +15,9 @@ Every stage is skipped when its output exists, so a killed run continues where i
 4. report: per task and label count, mean and std over seeds and the paired one-sided t-test
    that pretrained beats random init (scipy), in `report.md`, with `label_curves.png` and every
    run's number in `runs.csv`. `--report_only` tabulates what has finished so far.
+
+`--epochs N` fine-tunes for N epochs with 10% warmup (the paper's §4.1 length is 3) instead of
+the tables' step budget: its runs, report, runs.csv and plot carry `_N_epochs` in their names.
 """
 
 from __future__ import annotations
@@ -92,26 +95,45 @@ def write_subset(source: pathlib.Path, out: pathlib.Path, rows: int, seed: int) 
     return out
 
 
+# Keys of the tables' step budget that a fine-tuning length in epochs replaces.
+_STEP_BUDGET_KEYS = ("num_epochs", "train.num_steps", "warmup_proportion", "optimizer.warmup_steps")
+
+
+def finetuning_overrides(task: str, epochs: int) -> dict:
+    """The task's CPU fine-tuning overrides; with `epochs` > 0 its step budget is replaced by the
+    paper's length in epochs (§4.1: 3) with warmup over the first 10% of the steps."""
+    overrides = dict(common.CPU_EVALUATIONS[task]["overrides"])
+    if epochs:
+        overrides = {key: value for key, value in overrides.items() if key not in _STEP_BUDGET_KEYS}
+        overrides.update({"num_epochs": epochs, "warmup_proportion": 0.1})
+    return overrides
+
+
+def finetune_dir(work: pathlib.Path, epochs: int) -> pathlib.Path:
+    """Where a fine-tuning protocol's runs go: one folder per protocol, so each has its own report."""
+    return work / ("finetune" if not epochs else f"finetune_{epochs}_epochs")
+
+
 def finetuning_stages(work: pathlib.Path, inits: dict[str, sweep.Stage], seeds: list[int], label_counts: list[int],
-                      tasks: tuple[str, ...] = TASKS) -> list[tuple[str, str, str, int, sweep.Stage]]:
+                      tasks: tuple[str, ...] = TASKS, epochs: int = 0) -> list[tuple[str, str, str, int, sweep.Stage]]:
     """(task, label count, init, seed, stage) in the order they run: the all-label runs of every
     task, then the curves, each seed by seed, so a run stopped early has whole seeds of each."""
-    plan = [entry for seed in seeds for task in tasks for entry in _stages_of(work, inits, task, ALL, seed)]
+    plan = [entry for seed in seeds for task in tasks for entry in _stages_of(work, inits, task, ALL, seed, epochs)]
     plan += [entry for seed in seeds for labels in label_counts for task in CURVE_TASKS if task in tasks
-             for entry in _stages_of(work, inits, task, str(labels), seed)]
+             for entry in _stages_of(work, inits, task, str(labels), seed, epochs)]
     return plan
 
 
-def _stages_of(work: pathlib.Path, inits: dict[str, sweep.Stage], task: str, labels: str, seed: int):
+def _stages_of(work: pathlib.Path, inits: dict[str, sweep.Stage], task: str, labels: str, seed: int, epochs: int):
     evaluation = common.CPU_EVALUATIONS[task]
     extra = {}
     if labels != ALL:
         subset = work / "subsets" / f"{task}_{labels}_seed{seed}.tsv"
         extra["train_file"] = str(write_subset(training_file(task), subset, int(labels), seed))
     for init, pretraining in inits.items():
-        overrides = {**evaluation["overrides"], **extra, "init_from": str(pretraining.workdir), "seed": seed}
-        stage = sweep.Stage(task, evaluation["config"], work / "finetune" / task / labels / init / f"seed_{seed}", overrides)
-        yield task, labels, init, seed, stage
+        overrides = {**finetuning_overrides(task, epochs), **extra, "init_from": str(pretraining.workdir), "seed": seed}
+        workdir = finetune_dir(work, epochs) / task / labels / init / f"seed_{seed}"
+        yield task, labels, init, seed, sweep.Stage(task, evaluation["config"], workdir, overrides)
 
 
 def finished_values(plan) -> list[tuple[str, str, str, int, float]]:
@@ -225,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"fine-tuning tasks, any of {TASKS}")
     parser.add_argument("--label_counts", default="100,300,1000", help="training-set sizes of the curves ('' = none)")
     parser.add_argument("--parallel", type=int, default=2, help="fine-tuning runs at once")
+    parser.add_argument("--epochs", type=int, default=0,
+                        help="fine-tune for this many epochs (warmup 10%%) instead of the paper tables' CPU step "
+                             "budget; runs go to finetune_<N>_epochs/, the report to report_<N>_epochs.md")
     parser.add_argument("--report_only", action="store_true", help="tabulate what has finished; run nothing")
     args = parser.parse_args(argv)
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
@@ -249,24 +274,26 @@ def main(argv: list[str] | None = None) -> int:
             sweep.run_prepare(step)
         for init, stage in inits.items():
             print(_run_stage(stage), flush=True)
-    plan = finetuning_stages(work, inits, seeds, label_counts, tasks)
+    plan = finetuning_stages(work, inits, seeds, label_counts, tasks, args.epochs)
     if not args.report_only:
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
             for status in pool.map(_run_stage, [stage for *_, stage in plan]):
                 print(status, flush=True)
     values = finished_values(plan)
     rows = paired_rows(values)
-    write_runs_csv(values, work / "runs.csv")
-    lines = ["# Pretrained (experiments/pretrain.py:cpu) against random init", "",
+    suffix = f"_{args.epochs}_epochs" if args.epochs else ""
+    write_runs_csv(values, work / f"runs{suffix}.csv")
+    protocol = f", fine-tuned for {args.epochs} epochs" if args.epochs else ""
+    lines = [f"# Pretrained (experiments/pretrain.py:cpu) against random init{protocol}", "",
              *pretraining_facts(inits), "", *report(rows), ""]
-    (work / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    (work / f"report{suffix}.md").write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))
     if label_counts and any(r["task"] in CURVE_TASKS for r in rows):
         from bert_jax.tasks import tsv
 
         sizes = {task: len(tsv.read_rows(training_file(task))) for task in CURVE_TASKS}
-        plot_curves(rows, work / "label_curves.png", sizes)
-        print("wrote", work / "label_curves.png")
+        plot_curves(rows, work / f"label_curves{suffix}.png", sizes)
+        print("wrote", work / f"label_curves{suffix}.png")
     return 0
 
 

@@ -61,3 +61,25 @@ def test_report_pairs_by_seed_and_skips_unfinished_runs(helps, tmp_path, monkeyp
     assert row["seeds"] == [0, 1]  # seed 2 has no random-init result, so it is left out of both
     assert row["wins"] == 2
     assert row["p"] == pytest.approx(stats.ttest_rel([0.70, 0.72], [0.60, 0.69], alternative="greater").pvalue)
+
+
+def test_epochs_replace_the_step_budget_and_get_their_own_folder(helps, tmp_path, monkeypatch):
+    from bert_jax import run_config, sweep
+    from bert_jax.config import BertConfig
+
+    monkeypatch.setattr(helps, "training_file", lambda task: _tsv(tmp_path / f"{task}.tsv", 400))
+    plan = helps.finetuning_stages(tmp_path, helps.pretraining_stages(tmp_path), [0], [100], ("sentiment",), epochs=3)
+    for task, labels, init, seed, stage in plan:
+        assert stage.workdir == tmp_path / "finetune_3_epochs" / task / labels / init / "seed_0"
+        assert stage.overrides["num_epochs"] == 3 and stage.overrides["warmup_proportion"] == 0.1
+        assert "train.num_steps" not in stage.overrides and "optimizer.warmup_steps" not in stage.overrides
+        # The config bert_jax.main runs (init_from left out: no checkpoint here) resolves 3 epochs.
+        config = sweep.load_experiment_config(stage.config)
+        config.update_from_flattened_dict({k: v for k, v in stage.overrides.items() if k != "init_from"})
+        rows = 400 if labels == "all" else 100
+        resolved = run_config.resolve_config(config, num_train_examples=rows, checkpoint=BertConfig())
+        assert resolved.train.num_steps == -(-3 * rows // 32)
+        assert resolved.optimizer.warmup_steps == int(0.1 * resolved.train.num_steps)
+    default = helps.finetuning_stages(tmp_path, helps.pretraining_stages(tmp_path), [0], [], ("sentiment",))
+    assert default[0][-1].overrides["train.num_steps"] == 300
+    assert default[0][-1].workdir == tmp_path / "finetune/sentiment/all/pretrained/seed_0"
