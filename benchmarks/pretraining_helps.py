@@ -109,9 +109,14 @@ def finetuning_overrides(task: str, epochs: int) -> dict:
     return overrides
 
 
+def protocol_suffix(epochs: int) -> str:
+    """The one name of a fine-tuning protocol in its folder, report, runs.csv and plot: "" for the
+    tables' step budget, "_N_epochs" otherwise, so each protocol has its own files."""
+    return f"_{epochs}_epochs" if epochs else ""
+
+
 def finetune_dir(work: pathlib.Path, epochs: int) -> pathlib.Path:
-    """Where a fine-tuning protocol's runs go: one folder per protocol, so each has its own report."""
-    return work / ("finetune" if not epochs else f"finetune_{epochs}_epochs")
+    return work / f"finetune{protocol_suffix(epochs)}"
 
 
 def finetuning_stages(work: pathlib.Path, inits: dict[str, sweep.Stage], seeds: list[int], label_counts: list[int],
@@ -281,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(status, flush=True)
     values = finished_values(plan)
     rows = paired_rows(values)
-    suffix = f"_{args.epochs}_epochs" if args.epochs else ""
+    suffix = protocol_suffix(args.epochs)
     write_runs_csv(values, work / f"runs{suffix}.csv")
     protocol = f", fine-tuned for {args.epochs} epochs" if args.epochs else ""
     lines = [f"# Pretrained (experiments/pretrain.py:cpu) against random init{protocol}", "",
