@@ -3,7 +3,7 @@
     python benchmarks/pretraining_helps.py --workdir workdirs/cpu [--parallel 2]
 
 Every stage is skipped when its output exists, so a killed run continues where it stopped:
-1. data: the tasks' unlabelled training text (benchmarks/in_domain_text.py); the shared corpus
+1. data: the tasks' unlabelled training text (data_pipelines/in_domain_text.py); the shared corpus
    without lee_news, plus that text, as 64-token rows of running text with no masks (masked at
    load time); lee_news as held-out rows with static masks (the collapse statistics and the
    held-out MLM loss);
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         work.mkdir(parents=True, exist_ok=True)
         if not (work / "in_domain.txt").exists():
-            subprocess.run([sys.executable, str(REPO / "benchmarks/in_domain_text.py"), "--data",
+            subprocess.run([sys.executable, "-m", "data_pipelines.in_domain_text", "--data",
                             os.environ["BERT_JAX_DATA"], "--output", str(work / "in_domain.txt")], check=True)
         for step in data_steps(work):
             sweep.run_prepare(step)

@@ -46,6 +46,30 @@ def test_targets_are_the_next_real_token_of_the_same_segment():
     np.testing.assert_array_equal(packed["masked_lm_weights"], [[1, 1, 0, 1, 0]])
 
 
+def test_sampled_targets_are_real_next_tokens_drawn_uniformly():
+    """next_token_predictions=k: each row's k targets are distinct weighted positions with their
+    full-target ids; a row with fewer real positions gets them all, the rest weight 0; over many
+    draws every real position is chosen k / n of the time (binomial bounds, 20,000 draws)."""
+    ids = np.array([[2, 11, 12, 13, 14, 15, 16, 3], [2, 21, 22, 3, 0, 0, 0, 0]], np.int32)
+    mask = (ids != 0).astype(np.int32)
+    batch = {"input_ids": jnp.asarray(ids), "input_mask": jnp.asarray(mask)}
+    full = next_token_targets(batch)
+    sample = jax.jit(jax.vmap(lambda key: next_token_targets(batch, 3, key)))
+    draws = 20_000
+    out = sample(jax.random.split(jax.random.PRNGKey(1), draws))
+    positions, targets, weights = (np.asarray(out[k]) for k in ("masked_lm_positions", "masked_lm_ids",
+                                                                 "masked_lm_weights"))
+    assert positions.shape == (draws, 2, 3)
+    np.testing.assert_array_equal(targets, np.asarray(full["masked_lm_ids"])[np.arange(2)[None, :, None], positions])
+    assert (np.sort(positions, axis=-1)[..., 1:] != np.sort(positions, axis=-1)[..., :-1]).all()  # distinct
+    np.testing.assert_array_equal(weights.sum(-1), np.tile([3, 3], (draws, 1)))
+    # Row 1 has 3 real next-token positions (0, 1, 2): all of them, every time.
+    np.testing.assert_array_equal(np.sort(positions[:, 1], -1), np.tile([0, 1, 2], (draws, 1)))
+    # Row 0 has 7: each is chosen with probability 3/7; 4 binomial std of 20,000 draws is 0.014.
+    counts = np.bincount(positions[:, 0].ravel(), minlength=7) / draws
+    np.testing.assert_allclose(counts, 3 / 7, atol=4 * np.sqrt(3 / 7 * 4 / 7 / draws))
+
+
 def test_loss_matches_hf_causal_lm(tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
@@ -89,5 +113,13 @@ def test_config_errors():
         PretrainingTask(_task_config(objective="masked_lm", causal=False, unmasked=True))
     with pytest.raises(ValueError, match="expected one of"):
         PretrainingTask(_task_config(objective="ltr"))
+    config = _task_config()
+    config.task.next_token_predictions = -1
+    with pytest.raises(ValueError, match="next_token_predictions=-1: expected an int >= 0"):
+        PretrainingTask(config)
+    config = _task_config(objective="masked_lm", causal=False, unmasked=False)
+    config.task.next_token_predictions = 10
+    with pytest.raises(ValueError, match="takes effect only with config.task.objective='next_token'"):
+        PretrainingTask(config)
     assert PretrainingTask(_task_config()).main_metric == "lm_accuracy"
     assert PretrainingTask(_task_config(objective="masked_lm", causal=False, unmasked=False)).main_metric == "mlm_accuracy"

@@ -316,6 +316,22 @@ def test_detectable_difference_follows_the_seed_spread(monkeypatch):
     assert "differ by up to 3.00, so none of its differences" in line
 
 
+def test_a_column_the_paper_lacks_is_not_read_as_undetectable(monkeypatch):
+    """Table 5's NER column is ours only (None in every paper row): its line gives what the seeds
+    detect and says the paper has nothing to compare, not that its differences of 0 are missed."""
+    runs = [sweep_lib.Run(v, s, (sweep_lib.Stage("ner", "c.py", pathlib.Path("/nonexistent"), {}),))
+            for v in ("a", "random_init") for s in (0, 1)]
+    values = {("a", 0): 0.30, ("a", 1): 0.32, ("random_init", 0): 0.2, ("random_init", 1): 0.24}
+    paper = {"columns": ["NER"], "rows": {"a": ["A", None]}, "ours": {"NER": "ner/f1"}}
+    run_of = {id(stage): run for run in runs for stage in run.stages}
+    monkeypatch.setattr(report, "final_metrics", lambda stage: {
+        "ner/f1": values[(run_of[id(stage)].variant, run_of[id(stage)].seed)]})
+    line = sweep_lib.detectable_differences(runs, paper)
+    assert line.startswith("Detectable at this budget: NER: detects differences >= ")
+    assert line.endswith("; the paper reports no differences in this column.")
+    assert "none of its differences" not in line
+
+
 def test_a_paper_table_without_its_control_row_is_an_error():
     variants = {k: v for k, v in MULTI["variants"].items() if k != "random_init"}
     with pytest.raises(ValueError, match="needs a 'random_init' variant"):

@@ -208,14 +208,15 @@ def _overrides(*layers: dict[str, Any], data_dir: pathlib.Path) -> dict[str, Any
 
 @dataclasses.dataclass(frozen=True)
 class Prepare:
-    """Data built once for every variant: `python -m <args>` writing into `out`."""
+    """Data built once for every variant: `python -m <args>` writing into `out`; `{data}` in an
+    argument names the folder of every prepare step's output, so a step can read an earlier one's."""
 
     name: str
     args: tuple[str, ...]
     out: pathlib.Path
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", *(_expand(a, out=str(self.out)) for a in self.args)]
+        return [sys.executable, "-m", *(_expand(a, out=str(self.out), data=str(self.out.parent)) for a in self.args)]
 
     @property
     def done_marker(self) -> pathlib.Path:

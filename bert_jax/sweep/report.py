@@ -180,10 +180,13 @@ def detectable_differences(runs: list[Run], paper: dict[str, Any]) -> str:
         n = statistics.mean(len(g) for g in groups)
         detectable = (stats.t.ppf(0.95, df) + stats.t.ppf(0.8, df)) * pooled * math.sqrt(2 / n)
         paper_numbers = [row[1 + index] for row in paper["rows"].values() if row[1 + index] is not None]
-        spread = max(paper_numbers) - min(paper_numbers) if len(paper_numbers) > 1 else 0.0
+        found = f"{column}: detects differences >= {detectable:.2f} (pooled seed std {pooled:.2f}, {n:.0f} seeds)"
+        if len(paper_numbers) < 2:  # a column of ours only: nothing of the paper's to detect
+            parts.append(f"{found}; the paper reports no differences in this column")
+            continue
+        spread = max(paper_numbers) - min(paper_numbers)
         can = "some of" if detectable <= spread else "none of"
-        parts.append(f"{column}: detects differences >= {detectable:.2f} (pooled seed std {pooled:.2f}, "
-                     f"{n:.0f} seeds); the paper's rows differ by up to {spread:.2f}, so {can} its differences")
+        parts.append(f"{found}; the paper's rows differ by up to {spread:.2f}, so {can} its differences")
     return "Detectable at this budget: " + "; ".join(parts) + "."
 
 

@@ -10,7 +10,9 @@ collapses). As in google-research/bert `run_pretraining.py`:
 same loss with every position t predicting token t + 1 (weight 1 where t + 1 is a real token of
 the same packed segment), through the same tied output layer; its metrics are `lm_loss` and
 `lm_accuracy`. It needs a causal model (`model.causal_attention=True`; a bidirectional one would
-see its targets) and unmasked rows (`data.unmasked=True`).
+see its targets) and unmasked rows (`data.unmasked=True`). `task.next_token_predictions` > 0 trains
+on that many sampled positions per row instead of all of them (the output softmax over the
+vocabulary at every position is most of an LTR step on CPU); evaluation always scores them all.
 
 NSP follows `config.data.next_sentence_prediction`; sequence length and predictions per
 sequence come from `config.data` too. Config fields (`config.task`): name="pretraining",
@@ -59,9 +61,14 @@ LOSS_STATISTICS = ("mlm_nll_sum", "mlm_correct_sum", "mlm_weight_sum", "nsp_nll"
 UNIGRAM_BATCH_SIZE = 64
 
 
-def next_token_targets(batch) -> dict[str, Any]:
-    """The batch with masked_lm_* [batch, length - 1] replaced by the next-token targets:
-    position t predicts input_ids[t + 1], weighted 1 where that is a real token of t's segment."""
+def next_token_targets(batch, predictions: int = 0, rng=None) -> dict[str, Any]:
+    """The batch with masked_lm_* [batch, P] replaced by the next-token targets: position t
+    predicts input_ids[t + 1], weighted 1 where that is a real token of t's segment. P = length - 1
+    (every position, the paper's LM) unless `predictions` > 0 and `rng` is given: then each row
+    predicts `predictions` of its weighted positions drawn uniformly without replacement (fewer,
+    weight 0 padded, in a shorter row), an unbiased estimate of the same loss at a fraction of the
+    output layer's cost."""
+    import jax
     import jax.numpy as jnp
 
     ids = batch["input_ids"]
@@ -70,9 +77,17 @@ def next_token_targets(batch) -> dict[str, Any]:
     weights = real[:, 1:] != 0
     if "packed_segment_ids" in batch:
         weights &= real[:, 1:] == real[:, :-1]
+    weights = weights.astype(jnp.float32)
     positions = jnp.broadcast_to(jnp.arange(length - 1, dtype=jnp.int32), (batch_size, length - 1))
-    return {**batch, "masked_lm_positions": positions, "masked_lm_ids": ids[:, 1:],
-            "masked_lm_weights": weights.astype(jnp.float32)}
+    targets = ids[:, 1:]
+    if predictions and rng is not None and predictions < length - 1:
+        # Weighted positions score in [1, 2), the rest in [0, 1): top-k takes real ones first.
+        scores = jax.random.uniform(jax.random.fold_in(rng, 0x17F), weights.shape) + weights
+        _, positions = jax.lax.top_k(scores, predictions)
+        positions = positions.astype(jnp.int32)
+        targets = jnp.take_along_axis(targets, positions, axis=1)
+        weights = jnp.take_along_axis(weights, positions, axis=1)
+    return {**batch, "masked_lm_positions": positions, "masked_lm_ids": targets, "masked_lm_weights": weights}
 
 
 def model_inputs(batch) -> dict[str, Any]:
@@ -224,6 +239,13 @@ class PretrainingTask(Task):
             raise ValueError(f"config.task.objective={self.objective!r} with config.data.unmasked={unmasked}: the "
                              "next_token objective reads unmasked rows (unmasked=True) and masked_lm reads "
                              "masked ones (unmasked=False)")
+        predictions = config.task.get("next_token_predictions", 0)
+        if not isinstance(predictions, int) or isinstance(predictions, bool) or predictions < 0:
+            raise ValueError(f"config.task.next_token_predictions={predictions!r}: expected an int >= 0 "
+                             "(0 = every position)")
+        if predictions and not self.next_token:
+            raise ValueError(f"config.task.next_token_predictions={predictions} takes effect only with "
+                             "config.task.objective='next_token'; the masked LM predicts its masked positions")
         self.main_metric = "lm_accuracy" if self.next_token else "mlm_accuracy"
 
     def make_model(self, bert_config):
@@ -240,8 +262,12 @@ class PretrainingTask(Task):
             batch.setdefault("example_weight", np.ones(batch["input_ids"].shape[0], np.float32))
         return batches
 
-    def _targets(self, batch):
-        return next_token_targets(batch) if self.next_token else batch
+    def _targets(self, batch, rng=None):
+        """Next-token targets for the LTR objective: sampled per `task.next_token_predictions` when
+        training (`rng`), every position when evaluating."""
+        if not self.next_token:
+            return batch
+        return next_token_targets(batch, int(self.config.task.get("next_token_predictions", 0)), rng)
 
     def _outputs(self, model, params, batch, deterministic, dropout_rng=None):
         rngs = None if deterministic else {"dropout": dropout_rng}
@@ -256,7 +282,7 @@ class PretrainingTask(Task):
 
     def loss_and_metrics(self, model, params, batch, dropout_rng):
         import jax.numpy as jnp
-        batch = self._targets(batch)
+        batch = self._targets(batch, dropout_rng)
         outputs = self._outputs(model, params, batch, deterministic=False, dropout_rng=dropout_rng)
         stats = pretraining_statistics(outputs, batch, self.nsp)
         weight = batch.get("example_weight", jnp.ones(batch["input_ids"].shape[0], jnp.float32))
@@ -330,6 +356,7 @@ def base_config(preset: str, seq_len: int, max_predictions: int, synthetic: bool
     config.task = ml_collections.ConfigDict(dict(
         name="pretraining",
         objective="masked_lm",  # or "next_token": the left-to-right LM (with model.causal_attention)
+        next_token_predictions=0,  # next_token: targets per row in training (0 = every position, the paper's LM)
         synthetic_data=synthetic,
         eval_input_files="",  # held-out ArrayRecord or TFRecord files ("" = no evaluation)
         num_eval_batches=20,

@@ -1,8 +1,9 @@
 """Write the unlabelled training-split text of the shipped tasks as pretraining input.
 
-    python benchmarks/in_domain_text.py --data $BERT_JAX_DATA --output DIR/in_domain.txt
+    python -m data_pipelines.in_domain_text --data $BERT_JAX_DATA --output DIR/in_domain.txt
 
-Issue 23's CPU recipe pretrains on the shared corpus plus this in-domain text. Only training
+The CPU recipe (experiments/pretrain.py:cpu, and the paper tables' CPU budget) pretrains on the
+shared corpus plus this in-domain text. Only training
 splits are read (never dev or test), labels are dropped, and the output is in Google's format:
 one sentence per line, a blank line after every `--lines_per_document` lines. Rotten Tomatoes
 gives its review snippets, the Bible pairs both of their verses, WNUT-16 its tweets (tokens
