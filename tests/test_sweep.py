@@ -124,6 +124,22 @@ def test_prepare_runs_once_and_overrides_name_its_output(tmp_path, monkeypatch):
     assert run.stages[0].overrides["data.input_files"] == f"{workdir}/data/archive/*.zip"
 
 
+def test_a_prepare_step_reads_an_earlier_steps_output(tmp_path):
+    """`{data}` in a prepare step's arguments is the folder of every step's output, so the CPU
+    tables' instances read the in-domain text that the step before them wrote; run for real."""
+    (tmp_path / "corpus.txt").write_text("some text\n")
+    sweep = {"prepare": {"first": ["zipfile", "-c", "{out}/a.zip", str(tmp_path / "corpus.txt")],
+                         "second": ["zipfile", "-c", "{out}/b.zip", "{data}/first/a.zip"]},
+             "pretrain": "experiments/pretrain.py:tiny", "variants": {"a": {}}}
+    workdir = tmp_path / "w"
+    first, second = sweep_lib.plan_prepare(sweep, workdir)
+    assert second.command()[-1] == str(workdir / "data/first/a.zip")
+    for step in (first, second):
+        sweep_lib.run_prepare(step)
+    import zipfile
+    assert zipfile.ZipFile(workdir / "data/second/b.zip").namelist() == ["a.zip"]
+
+
 def test_grid_mode_expands_the_papers_finetuning_grid(repo_root, tmp_path, capsys):
     spec = f"{repo_root}/experiments/finetune_tsv.py:sentiment"
     sweep = sweep_lib.grid_sweep(spec, {"init_from": "/ckpt"})
