@@ -29,7 +29,6 @@ import json
 import os
 import pathlib
 import statistics
-import subprocess
 import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -46,10 +45,12 @@ ALL = "all"
 
 
 def data_steps(work: pathlib.Path) -> list[sweep.Prepare]:
-    """The instance sets, built once by data_pipelines.create_pretraining_data."""
-    train_text = f"{common.TRAIN_CORPUS},{work / 'in_domain.txt'}"
+    """The tasks' unlabelled text (the paper tables' step), then the instance sets, built once by
+    data_pipelines.create_pretraining_data."""
+    train_text = f"{common.TRAIN_CORPUS},{work / 'in_domain' / 'in_domain.txt'}"
     rows = ("--mode", "full_sentences")
     return [
+        sweep.Prepare("in_domain", tuple(common.CPU_PREPARE["in_domain"]), work / "in_domain"),
         sweep.Prepare("instances", tuple(common.create_instances(*rows, "--no_masking", corpus=train_text,
                                                                  max_seq_length=common.CPU_SEQ_LENGTH)), work / "instances"),
         sweep.Prepare("heldout", tuple(common.create_instances(*rows, corpus=common.HELDOUT_CORPUS,
@@ -272,9 +273,6 @@ def main(argv: list[str] | None = None) -> int:
     inits = pretraining_stages(work)
     if not args.report_only:
         work.mkdir(parents=True, exist_ok=True)
-        if not (work / "in_domain.txt").exists():
-            subprocess.run([sys.executable, "-m", "data_pipelines.in_domain_text", "--data",
-                            os.environ["BERT_JAX_DATA"], "--output", str(work / "in_domain.txt")], check=True)
         for step in data_steps(work):
             sweep.run_prepare(step)
         for init, stage in inits.items():
