@@ -87,6 +87,23 @@ def test_finished_stages_are_skipped_and_table_has_mean_and_std(ablation_file, t
     assert all(p.stat().st_size > 1000 for p in plots)
 
 
+def test_report_only_tabulates_finished_stages_and_launches_nothing(ablation_file, tmp_path, capsys):
+    """Half the runs finished: --report_only writes their table, and the unfinished stages stay
+    unstarted (a launch of this file's stages would make their workdirs)."""
+    workdir = tmp_path / "w"
+    runs = sweep_lib.plan_runs(sweep_lib.load_sweep(str(ablation_file)), workdir)
+    for run in runs[:2]:
+        _fake_results(run.stages[0], {"loss": 4.0}, [(1, 9.0), (2, 4.0)])
+        _fake_results(run.stages[1], {"accuracy": 0.7 + run.seed / 100}, [(1, 0.5), (2, 0.7)])
+    assert sweep_lib.main([str(ablation_file), "--workdir", str(workdir), "--report_only"]) == 0
+    assert not any(stage.workdir.exists() for run in runs[2:] for stage in run.stages)
+    assert not (workdir / "data").exists()  # no prepare step ran either
+    table = (workdir / "results.md").read_text()
+    assert "| nsp_on | 2 |" in table and "nsp_off" not in table
+    with pytest.raises(SystemExit):
+        sweep_lib.main([str(ablation_file), "--workdir", str(tmp_path / "none"), "--report_only"])
+
+
 def test_failed_stage_is_reported_and_later_stages_not_run(tmp_path):
     stage = sweep_lib.Stage("pretrain", "no/such/config.py", tmp_path / "p", {})
     after = sweep_lib.Stage("finetune", "no/such/config.py", tmp_path / "f", {})

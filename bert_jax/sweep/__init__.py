@@ -1,6 +1,6 @@
 """Run an ablation: every variant (x seed) pretrains, then fine-tunes, in its own sub-workdir.
 
-    python -m bert_jax.sweep experiments/ablations/nsp.py --workdir DIR [--parallel N] [--print_commands]
+    python -m bert_jax.sweep experiments/ablations/nsp.py --workdir DIR [--parallel N] [--print_commands | --report_only]
     python -m bert_jax.sweep experiments/ablations/paper_table8.py:paper --workdir DIR --variants a,b
     python -m bert_jax.sweep --grid experiments/finetune_glue.py:mrpc --workdir DIR --set init_from=PATH
 

@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="run these seeds instead of the file's (e.g. one seed for a first look); default: the file's")
     parser.add_argument("--parallel", type=int, default=1, help="variants run at once")
     parser.add_argument("--print_commands", action="store_true", help="print the command lines and exit")
+    parser.add_argument("--report_only", action="store_true",
+                        help="launch nothing: tabulate and plot the stages that have finished so far")
     args = parser.parse_args(rewrite_deprecated(argv, DEPRECATED, "bert_jax.sweep"))
     if bool(args.ablation) == bool(args.grid):
         parser.error("give either an ablation file or --grid FILE.py:ARG")
@@ -70,14 +72,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(shell_line(stage.command()))
         return 0
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    for step in prepare:
-        run_prepare(step)
     failed = False
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-        for status in pool.map(execute, runs):
-            print(status, flush=True)
-            failed |= "FAILED" in status
+    if args.report_only:
+        if not workdir.is_dir():
+            parser.error(f"--report_only: {workdir} does not exist; there is nothing to tabulate")
+    else:
+        workdir.mkdir(parents=True, exist_ok=True)
+        for step in prepare:
+            run_prepare(step)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+            for status in pool.map(execute, runs):
+                print(status, flush=True)
+                failed |= "FAILED" in status
 
     header, table = summarise(runs)
     paper = sweep.get("paper")
