@@ -239,7 +239,8 @@ class PretrainingTask(Task):
             raise ValueError(f"config.task.objective={self.objective!r} with config.data.unmasked={unmasked}: the "
                              "next_token objective reads unmasked rows (unmasked=True) and masked_lm reads "
                              "masked ones (unmasked=False)")
-        predictions = config.task.get("next_token_predictions", 0)
+        self.next_token_predictions = config.task.get("next_token_predictions", 0)
+        predictions = self.next_token_predictions
         if not isinstance(predictions, int) or isinstance(predictions, bool) or predictions < 0:
             raise ValueError(f"config.task.next_token_predictions={predictions!r}: expected an int >= 0 "
                              "(0 = every position)")
@@ -267,7 +268,7 @@ class PretrainingTask(Task):
         training (`rng`), every position when evaluating."""
         if not self.next_token:
             return batch
-        return next_token_targets(batch, int(self.config.task.get("next_token_predictions", 0)), rng)
+        return next_token_targets(batch, self.next_token_predictions, rng)
 
     def _outputs(self, model, params, batch, deterministic, dropout_rng=None):
         rngs = None if deterministic else {"dropout": dropout_rng}

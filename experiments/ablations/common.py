@@ -89,7 +89,6 @@ CPU_PRETRAIN = {
     "train.eval_every": 1000,
     "checkpoint.every_steps": 1000,
     "checkpoint.keep": 1,
-    "task.num_eval_batches": 20,
 }
 # The LTR rows (Table 5) train on this many sampled next-token targets per row, the masked-LM
 # rows' count, not all 63: the output softmax over 30,522 words at every position made an LTR
