@@ -74,8 +74,8 @@ BUDGETS = ("cpu", "paper")
 # dropout, on the shared corpus without lee_news plus the tasks' unlabelled training text), with
 # NSP on as in the paper's BERT row, for CPU_PRETRAIN_STEPS: 2,000 of the recipe's 5,000 steps
 # (held-out loss 6.74 there in run 2, against 5.64 at the end and 7.50 for the unigram baseline),
-# so that Table 5's three pretrainings and 45 fine-tuning runs fit its 2 hours (MLM + NSP: 0.68 s
-# a step on 2 cores). lee_news is the held-out text: Table 6's perplexity and every row's
+# to bring a table near its 2 hours (MLM + NSP: 0.68 s a step on 2 cores; Table 5's four rows still
+# took 2 h 32 min, docs/ablations/README.md). lee_news is the held-out text: Table 6's perplexity and every row's
 # collapse statistics.
 CPU_SEQ_LENGTH = 64
 CPU_PRETRAIN_STEPS = 2000
