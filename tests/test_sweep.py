@@ -331,6 +331,48 @@ def test_paper_table_puts_the_papers_numbers_and_the_control_beside_ours(tmp_pat
         "variant,paper row,seeds,pretrained encoder,SST-2 (ours),SST-2 vs random_init")
 
 
+def _paired_p_greater(a, b):
+    """One-sided paired t-test p-value, written out here: t of the mean difference, n - 1 df."""
+    from scipy.special import stdtr
+    diffs = [x - y for x, y in zip(a, b)]
+    t = statistics.mean(diffs) / (statistics.stdev(diffs) / len(diffs) ** 0.5)
+    return 1 - stdtr(len(diffs) - 1, t)
+
+
+def test_per_seed_table_pairs_each_seed_with_the_controls_same_seed(monkeypatch, tmp_path):
+    """Seed 1 of the control is weak and seed 2 strong: paired by seed, `a` is ahead at every seed
+    (p < 0.05), which the unpaired means alone would not show; a seed the control lacks is left out,
+    a perplexity column counts lower as ahead, and results.md carries the table."""
+    runs = [sweep_lib.Run(v, s, (sweep_lib.Stage("sentiment", "c.py", pathlib.Path("/nonexistent"), {}),))
+            for v in ("a", "random_init") for s in (0, 1, 2, 3)]
+    values = {("a", 0): 0.62, ("a", 1): 0.53, ("a", 2): 0.81, ("a", 3): 0.90,
+              ("random_init", 0): 0.60, ("random_init", 1): 0.50, ("random_init", 2): 0.79}
+    paper = {"title": "T", "citation": "C", "columns": ["SST-2", "LM (ppl)"], "rows": {"a": ["A", 93.0, 4.0]},
+             "ours": {"SST-2": "sentiment/accuracy", "LM (ppl)": "exp:sentiment/loss"}}
+    run_of = {id(stage): run for run in runs for stage in run.stages}
+
+    def metrics(stage):
+        key = (run_of[id(stage)].variant, run_of[id(stage)].seed)
+        return {"sentiment/accuracy": values[key], "sentiment/loss": 1.0 - values[key]} if key in values else {}
+
+    monkeypatch.setattr(report, "final_metrics", metrics)
+    header, table = sweep_lib.per_seed_table(runs, paper)
+    assert header[:3] == ["variant", "column", "per seed (ours)"]
+    accuracy, ppl = table
+    assert accuracy["variant"] == "a" and accuracy["column"] == "SST-2"
+    assert accuracy["per seed (ours)"] == "62.00, 53.00, 81.00"  # seed 3 has no control to pair with
+    assert accuracy["random_init at the same seeds"] == "60.00, 50.00, 79.00"
+    assert accuracy["ahead"] == "3/3"
+    p = _paired_p_greater([62.0, 53.0, 81.0], [60.0, 50.0, 79.0])
+    assert accuracy["paired p"] == f"{p:.3f}" and p < 0.05
+    assert _welch_p_greater([62.0, 53.0, 81.0], [60.0, 50.0, 79.0]) > 0.3  # unpaired, the same numbers show nothing
+    # exp(1 - accuracy): a lower perplexity wherever the accuracy is higher, so ahead at every seed.
+    assert ppl["column"] == "LM (ppl)" and ppl["ahead"] == "3/3"
+    sweep_lib.write_tables(tmp_path, *sweep_lib.summarise(runs), (paper, *sweep_lib.paper_table(runs, paper)),
+                           "", (header, table))
+    assert "## Per seed, against random_init at the same fine-tuning seed" in (tmp_path / "results.md").read_text()
+
+
 def test_detectable_difference_follows_the_seed_spread(monkeypatch):
     """(t(0.95, df) + t(0.8, df)) * pooled std * sqrt(2 / n): with 3 rows of 2 seeds, df = 3."""
     runs = [sweep_lib.Run(v, s, (sweep_lib.Stage("sentiment", "c.py", pathlib.Path("/nonexistent"), {}),))

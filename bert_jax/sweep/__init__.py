@@ -70,7 +70,7 @@ from bert_jax.sweep.plan import (CONTROL, GRID_FIELDS, PRETRAIN, SWEEP_KEYS, VAR
                                  load_experiment_config, shell_line, variant_parts)
 from bert_jax.sweep.launch import execute, run_prepare
 from bert_jax.sweep.report import (ENCODER_COLUMN, beats_control, best_variant, detectable_differences, encoder_health,
-                                   final_metrics, mean_std_cell, paper_table, plot_curves, summarise,
+                                   final_metrics, mean_std_cell, paper_table, per_seed_table, plot_curves, summarise,
                                    write_tables)
 from bert_jax.sweep.cli import DEPRECATED, main
 
@@ -78,5 +78,5 @@ __all__ = ["CONTROL", "GRID_FIELDS", "PRETRAIN", "SWEEP_KEYS", "VARIANT_PARTS", 
            "Stage", "check_sweep", "evaluations", "grid_sweep", "load_experiment_config", "load_sweep",
            "plan_prepare", "plan_runs", "shell_line", "variant_parts", "execute", "run_prepare",
            "ENCODER_COLUMN", "beats_control", "best_variant", "detectable_differences", "encoder_health",
-           "final_metrics", "mean_std_cell", "paper_table", "plot_curves", "summarise", "write_tables",
+           "final_metrics", "mean_std_cell", "paper_table", "per_seed_table", "plot_curves", "summarise", "write_tables",
            "DEPRECATED", "main"]

@@ -9,8 +9,8 @@ import pathlib
 
 from bert_jax.sweep.launch import execute, run_prepare
 from bert_jax.sweep.plan import grid_sweep, load_sweep, plan_prepare, plan_runs, shell_line
-from bert_jax.sweep.report import (_main_metrics, best_variant, detectable_differences, paper_table, plot_curves,
-                                   summarise, write_tables)
+from bert_jax.sweep.report import (_main_metrics, best_variant, detectable_differences, paper_table, per_seed_table,
+                                   plot_curves, summarise, write_tables)
 
 DEPRECATED = {"--print-commands": "--print_commands"}  # old spelling: a deprecated alias
 
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     header, table = summarise(runs)
     paper = sweep.get("paper")
     write_tables(workdir, header, table, (paper, *paper_table(runs, paper)) if paper else None,
-                 detectable_differences(runs, paper) if paper else "")
+                 detectable_differences(runs, paper) if paper else "", per_seed_table(runs, paper) if paper else None)
     main_metrics = _main_metrics(runs)
     plots = plot_curves(runs, workdir, main_metrics)
     print((workdir / "results.md").read_text(encoding="utf-8"))

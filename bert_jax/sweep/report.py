@@ -161,6 +161,49 @@ def paper_table(runs: list[Run], paper: dict[str, Any]) -> tuple[list[str], list
     return header, table
 
 
+PER_SEED_HEADER = ["variant", "column", "per seed (ours)", f"{CONTROL} at the same seeds", "ahead", "paired p"]
+
+
+def per_seed_table(runs: list[Run], paper: dict[str, Any]) -> tuple[list[str], list[dict[str, str]]]:
+    """Per variant and paper column of ours: its numbers seed by seed, the control's at the same
+    fine-tuning seeds (the same head initialisation and batch order), how many seeds it is ahead,
+    and the one-sided paired t-test p that it beats the control ("" below 2 shared seeds or
+    when every difference is equal)."""
+    from scipy import stats
+    by_seed: dict[tuple[str, int], dict[str, float]] = {}
+    for run in runs:
+        merged = {}
+        for stage in run.stages:
+            merged.update(final_metrics(stage))
+        if merged:
+            by_seed[(run.variant, run.seed)] = merged
+    table = []
+    for variant in dict.fromkeys(run.variant for run in runs):
+        if variant == CONTROL:
+            continue
+        for column, spec in paper["ours"].items():
+            pairs = []
+            for seed in sorted(seed for name, seed in by_seed if name == variant and (CONTROL, seed) in by_seed):
+                ours = _column_values([by_seed[(variant, seed)]], spec)
+                theirs = _column_values([by_seed[(CONTROL, seed)]], spec)
+                if ours and theirs:
+                    pairs.append((ours[0], theirs[0]))
+            if not pairs:
+                continue
+            lower_is_better = spec.startswith("exp:")
+            ahead = sum((a < b) if lower_is_better else (a > b) for a, b in pairs)
+            diffs = [a - b for a, b in pairs]
+            p = ""
+            if len(pairs) >= 2 and statistics.pstdev(diffs) > 0:
+                ours, control = zip(*pairs)
+                p = f"{stats.ttest_rel(ours, control, alternative='less' if lower_is_better else 'greater').pvalue:.3f}"
+            table.append({"variant": variant, "column": column,
+                          "per seed (ours)": ", ".join(f"{a:.2f}" for a, _ in pairs),
+                          f"{CONTROL} at the same seeds": ", ".join(f"{b:.2f}" for _, b in pairs),
+                          "ahead": f"{ahead}/{len(pairs)}", "paired p": p})
+    return PER_SEED_HEADER, table
+
+
 def detectable_differences(runs: list[Run], paper: dict[str, Any]) -> str:
     """One line: per column of ours, the smallest difference between two rows that this many seeds
     detect (one-sided alpha 0.05, power 0.8, at the measured pooled seed std) against the largest
@@ -204,9 +247,9 @@ def _write_csv(path: pathlib.Path, header: list[str], table: list[dict[str, str]
 
 def write_tables(workdir: pathlib.Path, header: list[str], table: list[dict[str, str]],
                  paper: tuple[dict[str, Any], list[str], list[dict[str, str]]] | None = None,
-                 detectable: str = "") -> None:
+                 detectable: str = "", per_seed: tuple[list[str], list[dict[str, str]]] | None = None) -> None:
     """results.csv and results.md; with `paper` (its spec, header, rows) also paper_table.csv,
-    shown first in results.md under the paper's title and citation."""
+    shown first in results.md under the paper's title and citation, then `per_seed`'s table."""
     _write_csv(workdir / "results.csv", header, table)
     lines = []
     if paper is not None:
@@ -215,6 +258,9 @@ def write_tables(workdir: pathlib.Path, header: list[str], table: list[dict[str,
         lines += [f"## {spec['title']}", "", f"Paper: {spec['citation']}", "", *_markdown(paper_header, paper_rows), ""]
         if detectable:
             lines += [detectable, ""]
+        if per_seed and per_seed[1]:
+            lines += [f"## Per seed, against {CONTROL} at the same fine-tuning seed (x100; paired one-sided t-test)", "",
+                      *_markdown(*per_seed), ""]
         lines += ["## All final metrics", ""]
     lines += _markdown(header, table)
     (workdir / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
