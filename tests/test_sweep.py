@@ -407,6 +407,20 @@ def test_a_column_the_paper_lacks_is_not_read_as_undetectable(monkeypatch):
     assert "none of its differences" not in line
 
 
+def test_a_column_that_every_seed_shares_has_no_detectable_difference(monkeypatch):
+    """Table 6's perplexity comes from one pretraining per variant, so its seeds repeat one
+    number: the line says so instead of claiming that differences >= 0 are detectable."""
+    runs = [sweep_lib.Run(v, s, (sweep_lib.Stage("pretrain", "c.py", pathlib.Path("/nonexistent"), {}),))
+            for v in ("a", "b", "random_init") for s in (0, 1, 2)]
+    loss = {"a": 7.1, "b": 7.3, "random_init": 10.3}
+    paper = {"columns": ["LM (ppl)"], "rows": {"a": ["A", 5.8], "b": ["B", 4.7]}, "ours": {"LM (ppl)": "exp:pretrain/mlm_loss"}}
+    run_of = {id(stage): run for run in runs for stage in run.stages}
+    monkeypatch.setattr(report, "final_metrics", lambda stage: {"pretrain/mlm_loss": loss[run_of[id(stage)].variant]})
+    line = sweep_lib.detectable_differences(runs, paper)
+    assert line == ("Detectable at this budget: LM (ppl): one value per row (its seeds share one run), "
+                    "so no seed spread to size a difference by.")
+
+
 def test_a_paper_table_without_its_control_row_is_an_error():
     variants = {k: v for k, v in MULTI["variants"].items() if k != "random_init"}
     with pytest.raises(ValueError, match="needs a 'random_init' variant"):

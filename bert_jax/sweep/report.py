@@ -220,6 +220,9 @@ def detectable_differences(runs: list[Run], paper: dict[str, Any]) -> str:
             continue
         df = sum(len(g) - 1 for g in groups)
         pooled = math.sqrt(sum((len(g) - 1) * statistics.variance(g) for g in groups) / df)
+        if pooled == 0:  # e.g. a pretraining column with one pretraining per variant ("pretrain_seed")
+            parts.append(f"{column}: one value per row (its seeds share one run), so no seed spread to size a difference by")
+            continue
         n = statistics.mean(len(g) for g in groups)
         detectable = (stats.t.ppf(0.95, df) + stats.t.ppf(0.8, df)) * pooled * math.sqrt(2 / n)
         paper_numbers = [row[1 + index] for row in paper["rows"].values() if row[1 + index] is not None]
