@@ -40,13 +40,19 @@ def final_metrics(stage: Stage) -> dict[str, float]:
     return {f"{stage.name}/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
+def _run_metrics(run: Run) -> dict[str, float]:
+    """The final metrics of every stage of one seed's run, merged ({} before any has results)."""
+    merged: dict[str, float] = {}
+    for stage in run.stages:
+        merged.update(final_metrics(stage))
+    return merged
+
+
 def _metrics_by_variant(runs: list[Run]) -> dict[str, list[dict[str, float]]]:
     """{variant: [the final metrics of every stage of one seed's run]}, runs with results only."""
     by_variant: dict[str, list[dict[str, float]]] = {}
     for run in runs:
-        merged = {}
-        for stage in run.stages:
-            merged.update(final_metrics(stage))
+        merged = _run_metrics(run)
         if merged:
             by_variant.setdefault(run.variant, []).append(merged)
     return by_variant
@@ -170,13 +176,7 @@ def per_seed_table(runs: list[Run], paper: dict[str, Any]) -> tuple[list[str], l
     and the one-sided paired t-test p that it beats the control ("" below 2 shared seeds or
     when every difference is equal)."""
     from scipy import stats
-    by_seed: dict[tuple[str, int], dict[str, float]] = {}
-    for run in runs:
-        merged = {}
-        for stage in run.stages:
-            merged.update(final_metrics(stage))
-        if merged:
-            by_seed[(run.variant, run.seed)] = merged
+    by_seed = {(run.variant, run.seed): merged for run in runs if (merged := _run_metrics(run))}
     table = []
     for variant in dict.fromkeys(run.variant for run in runs):
         if variant == CONTROL:

@@ -20,7 +20,7 @@ from experiments.ablations import common
 
 DOCUMENTED_ARGS = ("cpu", "paper")
 # Six pretrainings of ~11 minutes (0.68 s a step on 2 cores, MLM + NSP) and 21 paraphrase runs of
-# ~1.3 minutes: ~100 minutes. Half the recipe's 2,000 steps of Table 5.
+# ~1.3-2 minutes: an estimate of ~110 minutes, not yet measured. Half Table 5's 2,000 steps.
 CPU_PRETRAIN_STEPS = 1000
 # variant: (MASK, SAME, RND)
 SHARES = {
